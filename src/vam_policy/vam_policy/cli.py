@@ -1,0 +1,32 @@
+"""`vam`: the command line of the VAM workspace."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _selfcheck(_: argparse.Namespace) -> int:
+    from vam_policy.ros.selfcheck import run_selfcheck
+
+    return run_selfcheck()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `vam` argument parser; each verb sets `func`."""
+    parser = argparse.ArgumentParser(prog="vam", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    selfcheck = verbs.add_parser(
+        "selfcheck", help="check the installation: Python stack and ROS 2 over DDS on loopback"
+    )
+    selfcheck.set_defaults(func=_selfcheck)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Shared test set-up: loopback-only ROS 2 settings and real processes that always die.
+
+Every process a test starts gets `ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`, this session's
+private `ROS_DOMAIN_ID` and a temporary `ROS_LOG_DIR`; nothing here imports rclpy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vam_policy.ros.isolation import isolate_this_process
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PEERS = Path(__file__).resolve().parent / "peers"
+
+# Applied at import, before any test could start rclpy or a child process.
+isolate_this_process()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class Processes:
+    """Starts processes in their own session and kills every one of them at teardown.
+
+    A ROS 2 process may ignore SIGINT while it waits in DDS, so teardown escalates to
+    SIGKILL on the whole process group.
+    """
+
+    def __init__(self) -> None:
+        self._started: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str | Path, **kwargs) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [str(a) for a in args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env=kwargs.pop("env", dict(os.environ)),
+            **kwargs,
+        )
+        self._started.append(process)
+        return process
+
+    def python(self, script: str | Path, *args: str) -> subprocess.Popen[str]:
+        """Start `script` with this interpreter (the workspace's .venv)."""
+        return self.start(sys.executable, script, *args)
+
+    def kill_all(self) -> None:
+        for process in self._started:
+            if process.poll() is not None:
+                continue
+            for sig, grace_s in ((signal.SIGINT, 3.0), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(process.pid, sig)
+                    process.wait(timeout=grace_s)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Real child processes, killed (SIGINT, then SIGKILL) when the test ends."""
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.kill_all()
