@@ -1,0 +1,436 @@
+"""Flow-matching inverse-dynamics action decoder: video features + proprio -> action chunk.
+
+The paper's IDM: a DiT over 1 proprio token + H noisy action tokens. Every block cross-attends
+to the backbone's video feature tokens, self-attends over the action tokens and runs an MLP,
+each sublayer AdaLN-modulated by an embedding of the two flow times (tau_v of the video, tau_a
+of the actions). Flow matching (see `flow.py`) lets it represent multimodal chunks: a
+regression head would average two valid motions into an invalid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from vam_policy.model.flow import (
+    TimeSamplingConfig,
+    integrate,
+    interpolate,
+    sample_time,
+    velocity_target,
+)
+
+_FREQ_DIM = 256  # sinusoidal features per flow time, as DiT's timestep embedder
+_TIME_SCALE = 1000.0  # tau in [0, 1] -> DiT's timestep range, so the sinusoids resolve it
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Sizes of the action decoder; saved with every checkpoint through `to_dict`.
+
+    Fields:
+        action_dim: J, components per action step; proprio has the same J.
+        horizon: H, action steps per predicted chunk.
+        feature_dim: Cf, width of the backbone block output the decoder reads (2048 for
+            Cosmos-Predict2-2B).
+        width: decoder hidden size.
+        depth: number of DecoderBlocks.
+        heads: attention heads; must divide `width`.
+        mlp_ratio: MLP hidden size over width.
+        adaln_lora_dim: rank of the AdaLN-LoRA modulation (Cosmos'); 0 gives each sublayer a
+            full-rank AdaLN as in DiT.
+        time_sampling: how training draws the action flow time tau_a.
+        sample_steps: Euler steps from tau_a = 1 to 0 at inference (paper: 10).
+        dropout: dropout on attention weights and the MLP output while training.
+    """
+
+    action_dim: int
+    horizon: int
+    feature_dim: int
+    width: int
+    depth: int
+    heads: int
+    mlp_ratio: float = 4.0
+    adaln_lora_dim: int = 0
+    time_sampling: TimeSamplingConfig = field(default_factory=TimeSamplingConfig)
+    sample_steps: int = 10
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("action_dim", "horizon", "feature_dim", "width", "depth", "heads",
+                     "sample_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"DecoderConfig.{name} must be an int >= 1, got {value!r}")
+        if self.width % self.heads:
+            raise ValueError(f"DecoderConfig.width ({self.width}) must be divisible by heads "
+                             f"({self.heads})")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"DecoderConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not isinstance(self.adaln_lora_dim, int) or self.adaln_lora_dim < 0:
+            raise ValueError(f"DecoderConfig.adaln_lora_dim must be an int >= 0, got "
+                             f"{self.adaln_lora_dim!r}")
+        if not isinstance(self.time_sampling, TimeSamplingConfig):
+            raise ValueError(f"DecoderConfig.time_sampling must be a TimeSamplingConfig, got "
+                             f"{type(self.time_sampling).__name__}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"DecoderConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe nested dict (ints, floats, strings) for checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecoderConfig:
+        """Inverse of `to_dict`; unknown keys raise so a renamed field is not lost silently."""
+        _check_keys(cls, data)
+        values = dict(data)
+        if "time_sampling" in values:
+            _check_keys(TimeSamplingConfig, values["time_sampling"])
+            values["time_sampling"] = TimeSamplingConfig(**values["time_sampling"])
+        return cls(**values)
+
+
+def _check_keys(cls: type, data: dict[str, Any]) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} data must be a dict, got {type(data).__name__}")
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; expected a subset "
+                         f"of {[f.name for f in fields(cls)]}")
+
+
+DECODER_PRESETS: dict[str, DecoderConfig] = {
+    # The paper's IDM, sized for a LIBERO chunk (60 steps of 7-D delta EEF + gripper) on
+    # Cosmos-Predict2-2B features; override action_dim / horizon for another robot.
+    "paper": DecoderConfig(action_dim=7, horizon=60, feature_dim=2048, width=1024, depth=24,
+                           heads=8, mlp_ratio=4.0, adaln_lora_dim=128),
+    # Same structure at a size that trains in seconds on a CPU: tests and the demo.
+    "tiny": DecoderConfig(action_dim=7, horizon=8, feature_dim=32, width=64, depth=2, heads=4,
+                          mlp_ratio=4.0, adaln_lora_dim=16),
+}
+
+
+def decoder_preset(name: str, **overrides: Any) -> DecoderConfig:
+    """The preset called `name`, with any fields replaced by `overrides`."""
+    if name not in DECODER_PRESETS:
+        close = difflib.get_close_matches(name, DECODER_PRESETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown decoder preset {name!r}{hint} (known: "
+                         f"{sorted(DECODER_PRESETS)})")
+    return replace(DECODER_PRESETS[name], **overrides)
+
+
+def _sinusoid(tau: Tensor) -> Tensor:
+    """DiT's sinusoidal timestep features, `[B]` -> `[B, _FREQ_DIM]`."""
+    half = _FREQ_DIM // 2
+    freqs = torch.exp(-math.log(10000.0) / half
+                      * torch.arange(half, device=tau.device, dtype=torch.float32))  # [F/2]
+    args = tau.float()[:, None] * _TIME_SCALE * freqs[None]  # [B, F/2]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1.0 + scale) + shift
+
+
+class DecoderTimeEmbedding(nn.Module):
+    """(tau_v, tau_a) -> condition `[B, W]`, plus the shared AdaLN-LoRA base `[B, 3W]`.
+
+    As in Cosmos, the low-rank per-sublayer modulations add onto one full-rank base so the
+    LoRA bottleneck does not cap how much the flow times can steer each block.
+    """
+
+    def __init__(self, width: int, lora_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * _FREQ_DIM, width), nn.SiLU(),
+                                 nn.Linear(width, width))
+        self.lora_base = (nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+                          if lora_dim > 0 else None)
+
+    def forward(self, tau_v: Tensor, tau_a: Tensor) -> tuple[Tensor, Tensor | None]:
+        freqs = torch.cat([_sinusoid(tau_v), _sinusoid(tau_a)], dim=-1)  # [B, 2F]
+        cond = self.mlp(freqs.to(self.mlp[0].weight.dtype))  # [B, W]
+        base = self.lora_base(cond) if self.lora_base is not None else None  # [B, 3W]
+        return cond, base
+
+
+class DecoderAdaLN(nn.Module):
+    """Shift, scale and gate `[B, 1, W]` for one sublayer from the condition (adaLN-Zero).
+
+    The last layer starts at zero, so every gate is 0 and each block starts as the identity:
+    DiT's recipe for a stable start.
+    """
+
+    def __init__(self, width: int, lora_dim: int) -> None:
+        super().__init__()
+        if lora_dim > 0:
+            self.proj = nn.Sequential(nn.SiLU(), nn.Linear(width, lora_dim, bias=False),
+                                      nn.Linear(lora_dim, 3 * width, bias=False))
+        else:
+            self.proj = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, cond: Tensor, base: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        mod = self.proj(cond)  # [B, 3W]
+        if base is not None:
+            mod = mod + base
+        shift, scale, gate = mod[:, None].chunk(3, dim=-1)  # each [B, 1, W]
+        return shift, scale, gate
+
+
+class DecoderAttention(nn.Module):
+    """Multi-head attention of `x` over `context`; self-attention when they are the same.
+
+    Queries and keys are RMS-normalised per head, as in Cosmos, so attention logits stay
+    bounded at paper width in bf16.
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.to_q = nn.Linear(width, width)
+        self.to_k = nn.Linear(width, width)
+        self.to_v = nn.Linear(width, width)
+        self.norm_q = nn.RMSNorm(width // heads, eps=1e-6)
+        self.norm_k = nn.RMSNorm(width // heads, eps=1e-6)
+        self.to_out = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.heads)  # [B, h, L, d]
+        k = rearrange(self.to_k(context), "b n (h d) -> b h n d", h=self.heads)  # [B, h, N, d]
+        v = rearrange(self.to_v(context), "b n (h d) -> b h n d", h=self.heads)  # [B, h, N, d]
+        out = F.scaled_dot_product_attention(
+            self.norm_q(q), self.norm_k(k), v,
+            dropout_p=self.dropout if self.training else 0.0)  # [B, h, L, d]
+        return self.to_out(rearrange(out, "b h l d -> b l (h d)"))  # [B, L, W]
+
+
+class DecoderBlock(nn.Module):
+    """Cross-attention to the video tokens, self-attention, MLP; each gated by AdaLN."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        width, lora = config.width, config.adaln_lora_dim
+        # cross-attention to the video feature tokens
+        self.norm_cross = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mod_cross = DecoderAdaLN(width, lora)
+        self.cross_attn = DecoderAttention(width, config.heads, config.dropout)
+        # self-attention over the proprio + action tokens
+        self.norm_self = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mod_self = DecoderAdaLN(width, lora)
+        self.self_attn = DecoderAttention(width, config.heads, config.dropout)
+        # MLP
+        hidden = int(width * config.mlp_ratio)
+        self.norm_mlp = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mod_mlp = DecoderAdaLN(width, lora)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(hidden, width), nn.Dropout(config.dropout))
+
+    def forward(self, x: Tensor, context: Tensor, cond: Tensor, base: Tensor | None) -> Tensor:
+        # cross-attention to the video feature tokens
+        shift, scale, gate = self.mod_cross(cond, base)
+        x = x + gate * self.cross_attn(_modulate(self.norm_cross(x), shift, scale), context)
+        # self-attention over the proprio + action tokens
+        shift, scale, gate = self.mod_self(cond, base)
+        h = _modulate(self.norm_self(x), shift, scale)
+        x = x + gate * self.self_attn(h, h)
+        # MLP
+        shift, scale, gate = self.mod_mlp(cond, base)
+        return x + gate * self.mlp(_modulate(self.norm_mlp(x), shift, scale))  # [B, 1+H, W]
+
+
+class DecoderOutput(nn.Module):
+    """Final AdaLN + linear map to the action velocity; zero-initialised, so v = 0 at start."""
+
+    def __init__(self, width: int, action_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mod = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.proj = nn.Linear(width, action_dim)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        shift, scale = self.mod(cond)[:, None].chunk(2, dim=-1)  # each [B, 1, W]
+        return self.proj(_modulate(self.norm(x), shift, scale))  # [B, L, J]
+
+
+class ActionDecoder(nn.Module):
+    """The IDM: predicts the flow velocity of a noisy action chunk given video features.
+
+    Actions and proprio arrive normalized by the caller. `loss` trains, `sample` infers,
+    `velocity` is the network itself.
+    """
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        width, dim = config.width, config.action_dim
+        # inputs: proprio + action token embedders, positions, video feature projection
+        self.proprio_embed = nn.Sequential(nn.Linear(dim, width), nn.SiLU(),
+                                           nn.Linear(width, width))
+        self.action_embed = nn.Sequential(nn.Linear(dim, width), nn.SiLU(),
+                                          nn.Linear(width, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.horizon, width))
+        # Backbone activations are large and unnormalised; LayerNorm first keeps the
+        # projection's input scale independent of which backbone block is read.
+        self.feature_proj = nn.Sequential(nn.LayerNorm(config.feature_dim),
+                                          nn.Linear(config.feature_dim, width))
+        # conditioning on the flow times
+        self.time_embed = DecoderTimeEmbedding(width, config.adaln_lora_dim)
+        # blocks
+        self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.depth))
+        # output
+        self.output = DecoderOutput(width, dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """DiT's init: xavier linears, small positions, zero modulation and output layers."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        zero = [self.output.mod[-1], self.output.proj]
+        if self.time_embed.lora_base is not None:
+            zero.append(self.time_embed.lora_base[-1])
+        for block in self.blocks:
+            zero += [block.mod_cross.proj[-1], block.mod_self.proj[-1], block.mod_mlp.proj[-1]]
+        for module in zero:
+            nn.init.zeros_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def velocity(
+        self, x_tau: Tensor, tau_a: Tensor, features: Tensor, proprio: Tensor, tau_v: Tensor
+    ) -> Tensor:
+        """Predicted velocity `[B, H, J]` of `x_tau [B, H, J]` at action time `tau_a [B]`."""
+        batch = self._check_condition(features, proprio, tau_v)
+        cfg = self.config
+        _check("x_tau", x_tau, "[B, H, J]", (batch, cfg.horizon, cfg.action_dim))
+        _check("tau_a", tau_a, "[B]", (batch,), unit_interval=True)
+        return self._velocity(x_tau, tau_a, self.feature_proj(self._cast(features)), proprio,
+                              tau_v)
+
+    def loss(
+        self,
+        features: Tensor,
+        proprio: Tensor,
+        actions: Tensor,
+        tau_v: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Flow-matching loss, a scalar: MSE between predicted and true velocity.
+
+        Draws one tau_a per example from `config.time_sampling` and Gaussian noise, both from
+        `generator` when given (it must live on the inputs' device).
+        """
+        batch = self._check_condition(features, proprio, tau_v)
+        cfg = self.config
+        _check("actions", actions, "[B, H, J]", (batch, cfg.horizon, cfg.action_dim))
+        tau_a = sample_time(cfg.time_sampling, batch, device=actions.device,
+                            generator=generator)  # [B]
+        eps = torch.randn(actions.shape, device=actions.device, dtype=actions.dtype,
+                          generator=generator)  # [B, H, J]
+        x_tau = interpolate(actions, eps, tau_a)  # [B, H, J]
+        context = self.feature_proj(self._cast(features))  # [B, N, W]
+        pred = self._velocity(x_tau, tau_a, context, proprio, tau_v)  # [B, H, J]
+        return F.mse_loss(pred.float(), velocity_target(actions, eps).float())
+
+    @torch.no_grad()
+    def sample(
+        self,
+        features: Tensor,
+        proprio: Tensor,
+        tau_v: Tensor,
+        steps: int | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """An action chunk `[B, H, J]` by Euler integration from tau_a = 1 to 0.
+
+        `noise [B, H, J]` fixes the start (same noise, same weights -> same chunk, bit for
+        bit); otherwise it is drawn from `generator`. Call `eval()` first if dropout > 0.
+        """
+        batch = self._check_condition(features, proprio, tau_v)
+        cfg = self.config
+        steps = cfg.sample_steps if steps is None else steps
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        shape = (batch, cfg.horizon, cfg.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, device=features.device, dtype=self._dtype(),
+                                generator=generator)
+        else:
+            _check("noise", noise, "[B, H, J]", shape)
+        context = self.feature_proj(self._cast(features))  # [B, N, W], reused every step
+
+        def velocity_field(x: Tensor, tau_a: Tensor) -> Tensor:
+            return self._velocity(x, tau_a, context, proprio, tau_v)
+
+        return integrate(velocity_field, noise, steps)
+
+    def _velocity(
+        self, x_tau: Tensor, tau_a: Tensor, context: Tensor, proprio: Tensor, tau_v: Tensor
+    ) -> Tensor:
+        """The network on checked inputs, with the video tokens already projected."""
+        # inputs
+        tokens = torch.cat([self.proprio_embed(self._cast(proprio))[:, None],  # [B, 1, W]
+                            self.action_embed(self._cast(x_tau))], dim=1)  # [B, 1+H, W]
+        tokens = tokens + self.pos_embed
+        # conditioning on the flow times
+        cond, base = self.time_embed(tau_v, tau_a)  # [B, W], [B, 3W] or None
+        # blocks
+        for block in self.blocks:
+            tokens = block(tokens, context, cond, base)
+        # output: velocities of the action tokens only
+        return self.output(tokens[:, 1:], cond).to(x_tau.dtype)  # [B, H, J]
+
+    def _check_condition(self, features: Tensor, proprio: Tensor, tau_v: Tensor) -> int:
+        """Validate the conditioning inputs and return the batch size B."""
+        cfg = self.config
+        _check("features", features, f"[B, N, Cf={cfg.feature_dim}]",
+               (None, None, cfg.feature_dim))
+        batch = features.shape[0]
+        if batch < 1 or features.shape[1] < 1:
+            raise ValueError(f"features must have B >= 1 and N >= 1 tokens, got "
+                             f"{list(features.shape)}")
+        _check("proprio", proprio, f"[B={batch}, J={cfg.action_dim}]", (batch, cfg.action_dim))
+        _check("tau_v", tau_v, f"[B={batch}]", (batch,), unit_interval=True)
+        return batch
+
+    def _dtype(self) -> torch.dtype:
+        return self.pos_embed.dtype
+
+    def _cast(self, x: Tensor) -> Tensor:
+        return x.to(self._dtype())
+
+
+def _check(
+    name: str,
+    x: Tensor,
+    spec: str,
+    shape: tuple[int | None, ...],
+    unit_interval: bool = False,
+) -> None:
+    """Raise ValueError unless `x` is a finite float tensor of `shape` (None = any size)."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a float tensor {spec}, got {type(x).__name__}")
+    if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape,
+                                                                           strict=True)):
+        raise ValueError(f"{name} must have shape {spec} = "
+                         f"{['*' if s is None else s for s in shape]}, got {list(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor {spec}, got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    if unit_interval and ((x < 0).any() or (x > 1).any()):
+        raise ValueError(f"{name} must lie in [0, 1], got min {x.min().item():.4g}, "
+                         f"max {x.max().item():.4g}")
