@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vam_policy.data.cli import add_dataset_commands
+
 
 def _selfcheck(_: argparse.Namespace) -> int:
     from vam_policy.ros.selfcheck import run_selfcheck
@@ -17,9 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vam", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     selfcheck = verbs.add_parser(
-        "selfcheck", help="check the installation: Python stack and ROS 2 over DDS on loopback"
+        "selfcheck",
+        help="check the installation: Python stack, a tiny policy, ROS 2 over DDS on loopback",
     )
     selfcheck.set_defaults(func=_selfcheck)
+    add_dataset_commands(verbs)
     return parser
 
 

@@ -1,0 +1,141 @@
+"""`vam dataset build|info` and `vam record`: from demonstrations to a dataset folder.
+
+`add_dataset_commands` adds the verbs to the `vam` parser; each verb's function returns an
+exit code and reports a ValueError (bad bag, bad profile, bad dataset) as one line on stderr
+instead of a traceback, since those are the user's to fix, not bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vam_policy.data.bag_reader import find_bags
+from vam_policy.data.dataset import FRAME_CODECS, build_dataset, describe, load_dataset
+from vam_policy.data.episodes import (
+    ACTION_SOURCES,
+    DEFAULT_FPS,
+    INSTRUCTION_FILE,
+    EpisodeOptions,
+    RecordingProfile,
+)
+
+
+def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `dataset build`, `dataset info` and `record` to a parser's subcommands."""
+    dataset = subparsers.add_parser(
+        "dataset", help="turn rosbag2 demonstrations into an episodes dataset, or inspect one"
+    )
+    verbs = dataset.add_subparsers(dest="dataset_verb", required=True, metavar="VERB")
+
+    build = verbs.add_parser("build", help="read bags (one episode each) into a dataset folder")
+    build.add_argument("--bags", nargs="+", required=True, type=Path, metavar="DIR",
+                       help="bag folders, or folders of bag folders")
+    build.add_argument("--profile", required=True, type=Path,
+                       help="robot profile, e.g. config/ur5e.yaml")
+    build.add_argument("--out", required=True, type=Path, help="dataset folder to (re)write")
+    build.add_argument("--instruction", help="instruction for bags with neither an "
+                       f"instruction topic nor {INSTRUCTION_FILE}")
+    build.add_argument("--fps", type=float, default=DEFAULT_FPS,
+                       help="frame rate of the video history (default %(default)s)")
+    build.add_argument("--control-rate", type=float, default=None,
+                       help="state/action rate in Hz (default: the profile's control_rate_hz)")
+    build.add_argument("--action-source", choices=ACTION_SOURCES, default="auto",
+                       help="action targets: future joint states, commands, or commands when "
+                       "recorded (default %(default)s)")
+    build.add_argument("--max-gap", type=float, default=0.5,
+                       help="longest tolerated silence of a topic in s; longer gaps trim the "
+                       "episode (default %(default)s)")
+    build.add_argument("--val-fraction", type=float, default=0.1,
+                       help="fraction of episodes held out for validation (default %(default)s)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the split")
+    build.add_argument("--frame-codec", choices=FRAME_CODECS, default="jpeg",
+                       help="how frames are stored (default %(default)s)")
+    build.set_defaults(func=run_dataset_build)
+
+    info = verbs.add_parser("info", help="summarise a dataset folder")
+    info.add_argument("dir", type=Path)
+    info.set_defaults(func=run_dataset_info)
+
+    record = subparsers.add_parser(
+        "record", help="record a demonstration: run `ros2 bag record` on the profile's topics"
+    )
+    record.add_argument("--profile", required=True, type=Path)
+    record.add_argument("--out", type=Path, default=None,
+                        help="bag folder (default: <profile>_<date>_<time>)")
+    record.add_argument("--instruction", help=f"written to <out>/{INSTRUCTION_FILE} afterwards")
+    record.add_argument("--dry-run", action="store_true", help="print the command only")
+    record.set_defaults(func=run_record)
+
+
+def _reporting_errors(verb: Callable[[argparse.Namespace], int]
+                      ) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(verb)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return verb(args)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_reporting_errors
+def run_dataset_build(args: argparse.Namespace) -> int:
+    """`vam dataset build`: bags -> dataset folder, then its summary."""
+    profile = RecordingProfile.load(args.profile)
+    options = EpisodeOptions(fps=args.fps, control_rate_hz=args.control_rate,
+                             action_source=args.action_source, max_gap_s=args.max_gap,
+                             instruction=args.instruction)
+    bags = find_bags(args.bags)
+    dataset = build_dataset(bags, profile, args.out, options=options,
+                            val_fraction=args.val_fraction, seed=args.seed,
+                            frame_codec=args.frame_codec)
+    print(describe(dataset))
+    return 0
+
+
+@_reporting_errors
+def run_dataset_info(args: argparse.Namespace) -> int:
+    """`vam dataset info`: what a dataset folder holds."""
+    print(describe(load_dataset(args.dir)))
+    return 0
+
+
+def record_command(profile: RecordingProfile, out: Path) -> list[str]:
+    """`ros2 bag record` of every topic a demonstration needs, as MCAP into `out`."""
+    topics = list(dict.fromkeys(profile.topics))
+    return ["ros2", "bag", "record", "-o", str(out), "-s", "mcap", *topics]
+
+
+@_reporting_errors
+def run_record(args: argparse.Namespace) -> int:
+    """`vam record`: print the recording command, and run it where ROS 2 is installed."""
+    profile = RecordingProfile.load(args.profile)
+    out = args.out or Path(f"{profile.name}_{time.strftime('%Y%m%d_%H%M%S')}")
+    if out.exists():
+        raise ValueError(f"{out} exists; ros2 bag record needs a new folder (choose --out)")
+    command = record_command(profile, out)
+    print(shlex.join(command))
+    if args.dry_run:
+        return 0
+    if shutil.which("ros2") is None:
+        print("ros2 is not on PATH: printed the command only; run it where ROS 2 is "
+              "sourced", file=sys.stderr)
+        return 0
+    process = subprocess.Popen(command)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached ros2 bag too: let it close the bag
+        code = process.wait()
+    if args.instruction and out.is_dir():
+        (out / INSTRUCTION_FILE).write_text(args.instruction.strip() + "\n", encoding="utf-8")
+    return code if code >= 0 else 128 - code
