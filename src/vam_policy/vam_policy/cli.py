@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from vam_policy.data.cli import add_dataset_commands
+from vam_policy.train.cli import add_train_commands
 
 
 def _selfcheck(_: argparse.Namespace) -> int:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selfcheck.set_defaults(func=_selfcheck)
     add_dataset_commands(verbs)
+    add_train_commands(verbs)
     return parser
 
 

@@ -1,0 +1,198 @@
+"""Stage 2 (`vam train idm`): the flow-matching action decoder on a frozen video backbone.
+
+Each step reads cached history + future latents, draws tau_v (fixed 1.0 by default, the
+paper's), runs the backbone's blocks 0..read_layer on clean history + ground-truth future
+latents noised to tau_v (no grad), and trains the decoder's flow-matching loss on the
+normalized, coded action chunk. Validation reports the flow loss on the val split and the
+action error in joint units: chunks sampled as `VAMPolicy.predict` does, un-normalized and
+decoded to absolute targets, against the truth. The product is a policy checkpoint the node
+loads unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vam_policy.data.dataset import Dataset, load_dataset
+from vam_policy.model.backbone_config import is_preset
+from vam_policy.model.checkpoint import save_checkpoint
+from vam_policy.model.decoder import ActionDecoder
+from vam_policy.model.flow import sample_beta
+from vam_policy.model.policy import VAMPolicy
+from vam_policy.train.config import IdmTrainConfig, TauVSampling
+from vam_policy.train.distributed import init_distributed
+from vam_policy.train.latent_cache import LatentSource
+from vam_policy.train.loop import resolve_config, run_stage, start_run
+from vam_policy.train.prepare import (
+    CACHE_DIR,
+    TrainResult,
+    build_policy_config,
+    make_logger,
+    open_latents,
+    run_backbone,
+    run_info,
+)
+from vam_policy.train.samples import fit_norm_stats
+
+POLICY_DIR = "policy"
+
+
+def sample_tau_v(config: TauVSampling, batch: int, device: torch.device,
+                 generator: torch.Generator) -> Tensor:
+    """One video flow time per example, `[B]`."""
+    if config.kind == "fixed":
+        return torch.full((batch,), config.value, device=device)
+    if config.kind == "uniform":
+        u = torch.rand(batch, device=device, generator=generator)
+    else:
+        u = sample_beta(config.alpha, config.beta, batch, device=device, generator=generator)
+    return config.low + (config.high - config.low) * u
+
+
+class _DecoderObjective(nn.Module):
+    """The decoder's loss as a module's forward, so DDP can wrap it."""
+
+    def __init__(self, decoder: ActionDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, features: Tensor, proprio: Tensor, actions: Tensor, tau_v: Tensor,
+                generator: torch.Generator) -> Tensor:
+        return self.decoder.loss(features, proprio, actions, tau_v, generator=generator)
+
+
+class IdmStage:
+    """The decoder's training step, validation and checkpoints for `run_stage`."""
+
+    name = "idm"
+
+    def __init__(self, policy: VAMPolicy, source: LatentSource, dataset: Dataset,
+                 config: IdmTrainConfig, embed_backbone: bool) -> None:
+        self.policy, self.source, self.config = policy, source, config
+        self.embed_backbone = embed_backbone
+        self.module = _DecoderObjective(policy.decoder)
+        table = source.table
+        self.train_rows = table.rows(dataset.split("train"), with_actions=True)
+        self.val_rows = table.rows(dataset.split("val"), with_actions=True)
+        self.train_count = len(self.train_rows)
+        stats, device = policy.stats, policy.device
+        coded = policy.actions.encode(table.targets, table.state)  # [S, H, J]
+        self._proprio = torch.from_numpy(stats.state.normalize(table.state)).to(device)
+        self._actions = torch.from_numpy(stats.action.normalize(coded)).to(device)
+
+    def _inputs(self, rows: np.ndarray) -> tuple[Tensor, ...]:
+        """History latents, future latents, text, normalized proprio and actions of `rows`."""
+        latents = self.source.latents(rows)  # [B, 16, T_hist + T_fut, h, w]
+        history_t = self.policy.config.backbone.history_latent_frames
+        index = torch.from_numpy(rows).to(self.policy.device)
+        return (latents[:, :, :history_t], latents[:, :, history_t:], self.source.text(rows),
+                self._proprio[index], self._actions[index])
+
+    def loss(self, model: nn.Module, positions: np.ndarray,
+             generator: torch.Generator) -> Tensor:
+        history, future, text, proprio, actions = self._inputs(self.train_rows[positions])
+        tau_v = sample_tau_v(self.config.tau_v, len(positions), self.policy.device, generator)
+        with torch.no_grad():
+            features = self.policy.backbone.features(history, text, tau_v, future, generator)
+        return model(features, proprio, actions, tau_v, generator)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Flow loss and action errors (rad) on evenly spread val samples, fixed noise."""
+        if len(self.val_rows) == 0:
+            return {}
+        loop = self.config.loop
+        count = min(len(self.val_rows), loop.eval_batches * loop.batch_size)
+        rows = self.val_rows[np.unique(np.linspace(0, len(self.val_rows) - 1, count).round()
+                                       .astype(np.int64))]
+        policy, table = self.policy, self.source.table
+        tau = self.config.eval_tau_v
+        tau = policy.config.backbone.tau_v if tau is None else tau
+        generator = torch.Generator(policy.device).manual_seed(loop.seed)
+        loss_sum = error_sum = hold_sum = 0.0
+        for chunk in np.array_split(rows, math.ceil(len(rows) / loop.batch_size)):
+            history, future, text, proprio, actions = self._inputs(chunk)
+            tau_v = torch.full((len(chunk),), tau, device=policy.device)
+            features = policy.backbone.features(history, text, tau_v, future, generator)
+            loss = policy.decoder.loss(features, proprio, actions, tau_v, generator=generator)
+            loss_sum += float(loss) * len(chunk)
+            sampled = policy.decoder.sample(features, proprio, tau_v,
+                                            steps=self.config.eval_flow_steps,
+                                            generator=generator)  # [b, H, J]
+            coded = policy.stats.action.unnormalize(sampled.float().cpu().numpy())
+            predicted = policy.actions.decode(coded, table.state[chunk])  # absolute targets
+            truth = table.targets[chunk]
+            error_sum += float(np.abs(predicted - truth).mean()) * len(chunk)
+            hold_sum += float(np.abs(truth - table.state[chunk][:, None]).mean()) * len(chunk)
+        return {"val_loss": loss_sum / len(rows), "val_action_mae_rad": error_sum / len(rows),
+                "val_hold_still_mae_rad": hold_sum / len(rows)}
+
+    def save(self, folder: Path) -> None:
+        save_checkpoint(self.policy, folder / POLICY_DIR, self.embed_backbone)
+
+    def export(self, root: Path) -> Path:
+        return save_checkpoint(self.policy, root / POLICY_DIR, self.embed_backbone)
+
+
+def train_idm(
+    dataset: str | Path,
+    out: str | Path,
+    config: IdmTrainConfig | None = None,
+    *,
+    backbone: str | None = None,
+    steps: int | None = None,
+    resume: bool = False,
+    use_cache: bool = True,
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    embed_backbone: bool | None = None,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the action decoder of a policy on `dataset`; writes the run folder `out`.
+
+    backbone: preset, hub id, backbone folder (`vam train video` output) or policy checkpoint,
+        overriding the config's. steps: overrides `loop.steps`. resume: continue from
+        `out`'s latest checkpoint (config may then be None). use_cache: False re-encodes every
+        batch with the VAE. embed_backbone: copy the backbone into the checkpoints (default:
+        only for random-weight presets, which have no folder to reference). stop_at: stop
+        (with a checkpoint) after this step, as a run killed there would; resume continues.
+    Under torchrun every process calls this; rank 0 writes.
+    """
+    dist = init_distributed(device)
+    try:
+        out = Path(out)
+        config = resolve_config(out, config, IdmTrainConfig, steps, resume)
+        data = load_dataset(dataset)
+        policy_config = build_policy_config(config.policy, data,
+                                            run_backbone(out, backbone, resume))
+        run = start_run(out, config, run_info("idm", data, policy_config), resume, dist)
+        log = make_logger(out, dist)
+        # Seeded: a preset backbone gets the same random weights on every rank and on resume.
+        torch.manual_seed(config.loop.seed)
+        policy = VAMPolicy.build(policy_config).to(dist.device)
+        policy.backbone.requires_grad_(False).eval()
+        source, report = open_latents(
+            policy, data, config.data, use_cache=use_cache,
+            cache_dir=Path(cache_dir) if cache_dir else out / CACHE_DIR, dist=dist, log=log)
+        train_rows = source.table.rows(data.split("train"), with_actions=True)
+        policy.stats = fit_norm_stats(data, source.table, train_rows, policy.actions)
+        if embed_backbone is None:
+            embed_backbone = is_preset(policy_config.backbone.source)
+        stage = IdmStage(policy, source, data, config, embed_backbone)
+        if data.fps != policy_config.fps:
+            log(f"note: dataset frames at {data.fps:g} fps are resampled to the policy's "
+                f"{policy_config.fps:g} fps")
+        log(f"idm: {stage.train_count} train / {len(stage.val_rows)} val samples, "
+            f"{config.loop.steps} steps of {config.loop.batch_size} on {dist.world} process(es)")
+        result = run_stage(stage, run, config.loop, config.optim, dist, resume=resume,
+                           stop_at=stop_at, progress=progress, log=log)
+        return TrainResult(out, result.step, result.finished, result.final, result.records,
+                           report, stage.train_count)
+    finally:
+        dist.close()

@@ -1,0 +1,127 @@
+"""Set-up both stages share: the policy a dataset calls for, the backbone, the latent source."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vam_policy.data.dataset import Dataset
+from vam_policy.model.checkpoint import BACKBONE_DIR, read_manifest
+from vam_policy.model.policy import VAMPolicy
+from vam_policy.model.policy_config import PolicyConfig, policy_preset
+from vam_policy.train.config import PolicySpec, SampleConfig
+from vam_policy.train.distributed import Dist
+from vam_policy.train.latent_cache import (
+    CacheReport,
+    LatentCache,
+    LatentSource,
+    LiveLatents,
+    prepare_cache,
+)
+from vam_policy.train.loop import RUN_FILE
+from vam_policy.train.samples import SampleSpec
+
+CACHE_DIR = "latent_cache"
+
+
+def resolve_backbone(source: str) -> str:
+    """A backbone source from a preset, hub id, backbone folder or VAM policy checkpoint.
+
+    A policy checkpoint stands for its backbone: the embedded `backbone/` folder or the
+    source its manifest references.
+    """
+    folder = Path(source)
+    if (folder / "vam_policy.json").is_file():
+        manifest = read_manifest(folder)
+        if manifest["backbone"] == "embedded":
+            return str((folder / BACKBONE_DIR).resolve())
+        return str(manifest["backbone"])
+    if folder.is_dir():
+        if not (folder / "transformer").is_dir() or not (folder / "vae").is_dir():
+            raise ValueError(f"backbone {folder}: expected a folder with transformer/ and vae/ "
+                             "(a `vam train video` output) or a VAM policy checkpoint")
+        return str(folder.resolve())
+    return source
+
+
+def build_policy_config(spec: PolicySpec, dataset: Dataset,
+                        backbone: str | None = None) -> PolicyConfig:
+    """The policy `spec` describes, for the dataset's joints and cameras.
+
+    `backbone` (the CLI's --backbone) wins over `spec.backbone`; the other backbone settings
+    (frame size, history, text encoder) stay the preset's.
+    """
+    overrides = {k: v for k, v in (("fps", spec.fps), ("action_dt", spec.action_dt)) if v}
+    base = policy_preset(spec.preset, joint_names=dataset.joint_names,
+                         cameras=len(dataset.camera_topics),
+                         action_representation=spec.action_representation, **overrides)
+    source = backbone or spec.backbone
+    bb_overrides = {k: v for k, v in (("read_layer", spec.read_layer), ("tau_v", spec.tau_v))
+                    if v is not None}
+    if source:
+        bb_overrides["source"] = resolve_backbone(source)
+    decoder = base.decoder
+    if spec.horizon is not None:
+        decoder = dataclasses.replace(decoder, horizon=spec.horizon)
+    return dataclasses.replace(
+        base, backbone=dataclasses.replace(base.backbone, **bb_overrides), decoder=decoder)
+
+
+def run_backbone(out: Path, backbone: str | None, resume: bool) -> str | None:
+    """--backbone, or on --resume without it the backbone the run was started with."""
+    if backbone is not None or not resume or not (out / RUN_FILE).is_file():
+        return backbone
+    return json.loads((out / RUN_FILE).read_text())["backbone"]
+
+
+def make_logger(out: Path, dist: Dist) -> Callable[[str], None]:
+    """Rank 0's log: stderr and OUT/train.log."""
+
+    def log(message: str) -> None:
+        if dist.is_main:
+            print(message, file=sys.stderr, flush=True)
+            with (out / "train.log").open("a") as file:
+                file.write(message + "\n")
+
+    return log
+
+
+def open_latents(policy: VAMPolicy, dataset: Dataset, data: SampleConfig, *, use_cache: bool,
+                 cache_dir: Path, dist: Dist,
+                 log: Callable[[str], None]) -> tuple[LatentSource, CacheReport | None]:
+    """The latent cache (built or checked first), or live encoding with `use_cache=False`."""
+    spec = SampleSpec.from_policy(policy.config, data)
+    if not use_cache:
+        return LiveLatents(dataset, spec, policy), None
+    report = prepare_cache(cache_dir, dataset, spec, policy, data.cache_dtype, data.encode_batch,
+                           dist, log)
+    return LatentCache(cache_dir, dataset, policy.device), report
+
+
+def run_info(stage: str, dataset: Dataset, config: PolicyConfig) -> dict[str, str]:
+    """What run.json records (and --resume checks)."""
+    return {"stage": stage, "dataset": str(dataset.root.resolve()),
+            "backbone": config.backbone.source,
+            "policy": json.dumps(config.to_dict(), sort_keys=True)}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a stage's entry function returns (on every rank; `final` on rank 0 only)."""
+
+    out: Path
+    step: int
+    """Steps done when training stopped."""
+    finished: bool
+    """All configured steps are done and the product was exported."""
+    final: Path | None
+    """The policy checkpoint (stage 2) or backbone folder (stage 1)."""
+    records: tuple[dict[str, float], ...]
+    """Per-step and validation metrics (rank 0)."""
+    cache: CacheReport | None
+    train_samples: int
+    """Training samples (anchors) the stage drew batches from."""
