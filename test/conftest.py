@@ -67,6 +67,26 @@ class Processes:
                     continue
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight policy for the sim_panda joints, saved once per session.
+
+    Built on the fly (~2 s on a CPU) so node tests need no downloaded weights; imports torch
+    only when a test asks for it.
+    """
+    import torch
+
+    from vam_policy.model.checkpoint import save_checkpoint
+    from vam_policy.model.policy import VAMPolicy
+    from vam_policy.model.policy_config import policy_preset
+    from vam_policy.ros.parameters import load_parameters_file
+
+    joints = load_parameters_file(REPO_ROOT / "config" / "sim_panda.yaml")["joint_names"]
+    torch.manual_seed(0)
+    policy = VAMPolicy.build(policy_preset("tiny", joint_names=joints))
+    return save_checkpoint(policy, tmp_path_factory.mktemp("checkpoint") / "tiny_sim_panda")
+
+
 @pytest.fixture
 def processes() -> Iterator[Processes]:
     """Real child processes, killed (SIGINT, then SIGKILL) when the test ends."""

@@ -19,6 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vam = vam_policy.cli:main",
+            "vam_policy_node = vam_policy.ros.node:main",
         ],
     },
 )

@@ -1,0 +1,347 @@
+"""vam_policy_node as a real process over DDS, around it a synthetic robot (peers/sensor_feeder.py).
+
+Startup failures and the checkpoint-less node get node runs of their own; then one node run
+(module fixture `robot`) serves the behaviour tests, each of which leaves it running again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pytest
+
+from conftest import PEERS, REPO_ROOT, Processes
+from vam_policy.ros.parameters import load_parameters_file
+
+pytestmark = pytest.mark.ros
+
+PROFILE = REPO_ROOT / "config" / "sim_panda.yaml"
+PROFILE_VALUES = load_parameters_file(PROFILE)
+JOINTS = list(PROFILE_VALUES["joint_names"])
+LOWER = np.array(PROFILE_VALUES["joint_position_lower"])
+UPPER = np.array(PROFILE_VALUES["joint_position_upper"])
+CAMERA = PROFILE_VALUES["camera_topics"][0]
+MAX_OBS_AGE_S = 0.5
+IDLE, RUNNING, PAUSED, FAULTED = range(4)
+# Mid-range, except joints 4 and 6 parked 0.01 rad from a limit: a random policy's targets
+# there cross the limit unless the safety filter holds them back.
+POSITIONS = (LOWER + UPPER) / 2
+POSITIONS[3], POSITIONS[5] = UPPER[3] - 0.01, LOWER[5] + 0.01
+NODE_COMMAND = [shutil.which("vam_policy_node") or "vam_policy_node"]
+MODULE_COMMAND = [sys.executable, "-m", "vam_policy.ros.node"]
+
+
+class Lines:
+    """Reads a process's text stream on a thread (a full pipe would block the process)."""
+
+    def __init__(self, stream: IO[str], parse: Callable[[str], Any] = str) -> None:
+        self.items: list[Any] = []
+        self._lock = threading.Lock()
+        self._parse = parse
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._lock:
+                self.items.append(self._parse(line))
+
+    def snapshot(self) -> list[Any]:
+        with self._lock:
+            return list(self.items)
+
+
+def _event(line: str) -> dict[str, Any]:
+    return json.loads(line) if line.startswith("{") else {"event": "text", "text": line}
+
+
+class Robot:
+    """The feeder process: what the node published, and commands that inject faults."""
+
+    def __init__(self, feeder: subprocess.Popen[str], node: subprocess.Popen[str]) -> None:
+        self.feeder, self.node = feeder, node
+        self.received = Lines(feeder.stdout, _event)  # type: ignore[arg-type]
+        self.node_log = Lines(node.stderr)  # type: ignore[arg-type]
+        Lines(node.stdout)  # type: ignore[arg-type]
+        self._next_id = 0
+
+    def events(self, kind: str, since: float = 0.0) -> list[dict[str, Any]]:
+        """Events of `kind` stamped (trajectory, chunk) or received (others) after `since`."""
+        key = "stamp" if kind in ("trajectory", "chunk") else "recv"
+        return [e for e in self.received.snapshot()
+                if e["event"] == kind and e.get(key, e.get("t", 0.0)) > since]
+
+    def wait_for(self, kind: str, match: Callable[[dict[str, Any]], bool] = lambda e: True,
+                 since: float = 0.0, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.events(kind, since) if match(e)]
+            if found:
+                return found[0]
+            assert self.node.poll() is None, f"node exited: {''.join(self.node_log.items)}"
+            time.sleep(0.05)
+        statuses = [(e["state"], e["last_fault"]) for e in self.events("status", since)][-5:]
+        raise AssertionError(f"no matching {kind} within {timeout} s; statuses {statuses}; "
+                             f"node log tail {self.node_log.snapshot()[-5:]}")
+
+    def command(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        """Send a command; return the feeder's ack or the node's reply to it."""
+        self._next_id += 1
+        ident = self._next_id
+        self.feeder.stdin.write(json.dumps({"cmd": cmd, "id": ident, **fields}) + "\n")
+        self.feeder.stdin.flush()
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            for event in self.received.snapshot():
+                if event["event"] in ("ack", "reply") and event["id"] == ident:
+                    return event
+            time.sleep(0.02)
+        raise AssertionError(f"no answer to {cmd} {fields}")
+
+    def ensure_running(self) -> None:
+        """Resume if needed and wait until trajectories flow (each test starts from here)."""
+        now = time.time()
+        self.command("trigger", service="resume")
+        self.wait_for("trajectory", since=now, timeout=20.0)
+
+
+def start_feeder(processes: Processes) -> subprocess.Popen[str]:
+    return processes.start(
+        sys.executable, PEERS / "sensor_feeder.py",
+        "--joint-names", json.dumps(JOINTS), "--positions", json.dumps(POSITIONS.tolist()),
+        "--camera-topic", CAMERA, "--trajectory-topic", PROFILE_VALUES["trajectory_topic"],
+        "--camera-hz", "20", "--joint-hz", "100",
+        stdin=subprocess.PIPE,
+    )
+
+
+def start_node(processes: Processes, command: list[str], *overrides: str
+               ) -> subprocess.Popen[str]:
+    params = [arg for override in overrides for arg in ("-p", override)]
+    return processes.start(*command, "--ros-args", "--params-file", PROFILE, *params)
+
+
+# Node runs of their own first: the module's `robot` node lives until the module ends.
+
+
+def test_startup_errors_are_clear_and_exit_2(processes: Processes, tiny_checkpoint: Path
+                                            ) -> None:
+    """Each wrong configuration stops the node before it subscribes, saying what is wrong."""
+    checkpoint = f"checkpoint:={tiny_checkpoint}"
+    other_joints = "joint_names:=[" + ",".join(f"arm_joint{i}" for i in range(1, 8)) + "]"
+    cases = {
+        "joint names": ([checkpoint, other_joints],
+                        ["do not match the checkpoint", "robot0_joint1", "arm_joint1"]),
+        "checkpoint": (["checkpoint:=/nonexistent/vam_ckpt"],
+                       ["failed to load", "no such checkpoint folder"]),
+        "cameras": ([checkpoint, "camera_topics:=[/cam/left,/cam/right]"],
+                    ["camera_topics has 2 topic(s)", "1 camera view"]),
+        "parameters": (["control_rate_hz:=-5.0", "max_obs_age_s:=0", "max_obs_age:=0.2"],
+                       ["control_rate_hz: -5.0 out of range",
+                        "max_obs_age_s: expected double, got integer 0",
+                        "did you mean 'max_obs_age_s'"]),
+    }
+    started = {name: start_node(processes, MODULE_COMMAND, *overrides)
+               for name, (overrides, _) in cases.items()}
+    for name, process in started.items():
+        _, err = process.communicate(timeout=150)
+        assert process.returncode == 2, (name, err)
+        assert "[FATAL]" in err and "cannot start" in err, (name, err)
+        for fragment in cases[name][1]:
+            assert fragment in err, (name, fragment, err)
+
+
+def test_without_checkpoint_the_node_idles_and_never_moves(processes: Processes) -> None:
+    feeder = start_feeder(processes)
+    node = start_node(processes, NODE_COMMAND, "start_paused:=false")
+    robot = Robot(feeder, node)
+    idle = robot.wait_for("status", lambda e: e["state"] == IDLE, timeout=90.0)
+    assert idle["checkpoint_id"] == ""
+    reply = robot.command("trigger", service="resume")
+    assert not reply["success"] and "no checkpoint" in reply["message"]
+    time.sleep(2.0)
+    assert robot.events("trajectory") == [] and robot.events("chunk") == []
+    assert robot.events("status")[-1]["state"] == IDLE
+
+
+def test_launch_file_describes_the_node() -> None:
+    """policy.launch.py (for users' ROS 2 installs) builds; skipped without `launch`."""
+    pytest.importorskip("launch")
+    pytest.importorskip("launch_ros")
+    path = REPO_ROOT / "src" / "vam_bringup" / "launch" / "policy.launch.py"
+    spec = importlib.util.spec_from_file_location("policy_launch", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    names = {argument.name for argument in description.get_launch_arguments()}
+    assert names == {"robot", "checkpoint", "camera_topics", "start_paused"}
+
+
+@pytest.fixture(scope="module")
+def robot(tiny_checkpoint: Path) -> Iterator[Robot]:
+    processes = Processes()
+    try:
+        feeder = start_feeder(processes)
+        node = start_node(
+            processes, NODE_COMMAND, f"checkpoint:={tiny_checkpoint}", "start_paused:=true",
+            "instruction:=stack the cubes", "image_width:=64", "image_height:=48",
+            "execute_steps:=8",
+        )
+        yield Robot(feeder, node)
+    finally:
+        processes.kill_all()
+
+
+def test_starts_paused_then_follows_the_policy_safely_at_control_rate(robot: Robot) -> None:
+    """Paused at start; after ~/resume, trajectories at ~10 Hz with the profile's joints,
+    every point inside the joint limits, plus ActionChunks and a RUNNING status."""
+    paused = robot.wait_for("status", lambda e: e["state"] == PAUSED, timeout=90.0)
+    assert paused["checkpoint_id"] == "tiny_sim_panda (format 1)"
+    assert paused["instruction"] == "stack the cubes"
+    time.sleep(1.0)
+    assert robot.events("trajectory") == [] and robot.events("chunk") == []
+
+    reply = robot.command("trigger", service="resume")
+    assert reply["success"], reply
+    first = robot.wait_for("trajectory", timeout=20.0)
+    time.sleep(3.5)
+    window = robot.events("trajectory", since=first["stamp"] + 0.5)
+    stamps = [e["stamp"] for e in window]
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    assert 7.0 <= rate <= 12.0, f"control rate {rate:.1f} Hz, configured 10 Hz"
+
+    for trajectory in robot.events("trajectory"):
+        assert trajectory["joint_names"] == JOINTS
+        points = np.array(trajectory["positions"])
+        assert 1 <= len(points) <= 5  # trajectory_points
+        assert np.all((points >= LOWER) & (points <= UPPER)), points
+        times = np.array(trajectory["times"])
+        assert np.all(times > 0) and np.all(np.diff(times) > 0)
+
+    chunks = robot.events("chunk")
+    assert len(chunks) >= 3
+    ids = [chunk["chunk_id"] for chunk in chunks]
+    assert ids == sorted(set(ids)), ids
+    for chunk in chunks:
+        assert chunk["joint_names"] == JOINTS and chunk["horizon"] == 8
+        assert len(chunk["positions"]) == 8 * len(JOINTS) and chunk["dt"] == pytest.approx(0.1)
+        assert 0 < chunk["latency"] < chunk["stamp"] - chunk["observation_stamp"] + 1e-3
+    status = robot.events("status")[-1]
+    assert status["state"] == RUNNING and status["latency"] > 0
+    assert 7.0 <= status["rate"] <= 12.0
+
+
+def test_instruction_by_service_and_topic_shows_in_status(robot: Robot) -> None:
+    robot.ensure_running()
+    refused = robot.command("set_instruction", text="  ")
+    assert not refused["success"] and "empty" in refused["message"]
+    reply = robot.command("set_instruction", text="put the cube in the bowl")
+    assert reply["success"] and reply["message"] == "following: put the cube in the bowl"
+    robot.wait_for("status", lambda e: e["instruction"] == "put the cube in the bowl")
+    ack = robot.command("publish_instruction", text="open the drawer")
+    robot.wait_for("status", lambda e: e["instruction"] == "open the drawer", since=ack["t"])
+    robot.wait_for("trajectory", since=ack["t"] + 0.2)  # a new chunk for the new instruction
+
+
+def test_runtime_parameter_changes_are_checked_and_applied(robot: Robot) -> None:
+    """execute_steps applies to the next chunks; read-only and out-of-range values are
+    rejected with the reason."""
+    robot.ensure_running()
+    reply = robot.command("set_params", params={"execute_steps": 2})
+    assert reply["results"] == [{"successful": True, "reason": ""}]
+    time.sleep(1.0)
+    short = robot.events("trajectory", since=reply["t"] + 0.5)
+    assert short and all(len(e["positions"]) <= 2 for e in short)
+
+    rejected = {
+        "joint_names": (["a", "b"], "read-only"),
+        "velocity_scaling": (0.0, "velocity_scaling: 0.0 out of range: must be > 0"),
+        "instruction": ("", "instruction is empty"),
+    }
+    for name, (value, reason) in rejected.items():
+        result = robot.command("set_params", params={name: value})["results"][0]
+        assert not result["successful"] and reason in result["reason"], (name, result)
+
+    reply = robot.command("set_params", params={"execute_steps": 8, "velocity_scaling": 0.5})
+    assert all(r["successful"] for r in reply["results"]), reply
+    time.sleep(1.0)
+    assert max(len(e["positions"]) for e in robot.events("trajectory", since=reply["t"])) > 2
+
+
+def test_pause_stops_trajectories_and_resume_restarts_them(robot: Robot) -> None:
+    robot.ensure_running()
+    reply = robot.command("trigger", service="pause")
+    assert reply["success"]
+    robot.wait_for("status", lambda e: e["state"] == PAUSED, since=reply["t"] - 0.5)
+    time.sleep(1.0)
+    assert robot.events("trajectory", since=reply["t"]) == []
+    reply = robot.command("trigger", service="resume")
+    assert reply["success"] and reply["message"] == "resumed"
+    robot.wait_for("trajectory", since=reply["t"], timeout=10.0)
+
+
+def test_watchdog_holds_when_the_camera_stops_and_recovers(robot: Robot) -> None:
+    """No trajectory is stamped later than max_obs_age_s after the last frame, although the
+    last chunk (execute_steps 8 at 0.1 s) would reach further; the fault names the camera."""
+    robot.ensure_running()
+    ack = robot.command("camera", on=False)
+    last_frame = ack["last_frame_stamp"]
+    status = robot.wait_for(
+        "status", lambda e: e["state"] == FAULTED and "stale camera" in e["last_fault"],
+        since=ack["t"])
+    assert CAMERA in status["last_fault"]
+    time.sleep(0.5)
+    late = robot.events("trajectory", since=last_frame + MAX_OBS_AGE_S + 0.02)
+    assert late == [], [e["stamp"] - last_frame for e in late]
+
+    ack = robot.command("camera", on=True)
+    robot.wait_for("status", lambda e: e["state"] == RUNNING, since=ack["t"])
+    robot.wait_for("trajectory", since=ack["t"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("nan", "NaN/inf positions for ['robot0_joint2']"), ("missing", "lacks joints")],
+)
+def test_bad_joint_states_stop_trajectories(robot: Robot, mode: str, reason: str) -> None:
+    robot.ensure_running()
+    ack = robot.command("joints", mode=mode)
+    robot.wait_for("status", lambda e: e["state"] == FAULTED and reason in e["last_fault"],
+                   since=ack["t"])
+    time.sleep(0.5)
+    assert robot.events("trajectory", since=ack["t"] + 0.1) == []
+    ack = robot.command("joints", mode="ok")
+    robot.wait_for("trajectory", since=ack["t"])
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ({"cmd": "encoding", "value": "16UC1"}, "image encoding '16UC1' is not supported"),
+        ({"cmd": "size", "width": 32, "height": 24}, "32x24 px, expected 64x48"),
+    ],
+)
+def test_unusable_frames_are_refused_with_a_clear_error(
+    robot: Robot, command: dict[str, Any], reason: str
+) -> None:
+    robot.ensure_running()
+    ack = robot.command(**command)
+    robot.wait_for("status", lambda e: e["state"] == FAULTED and reason in e["last_fault"],
+                   since=ack["t"])
+    time.sleep(0.5)
+    assert robot.events("trajectory", since=ack["t"] + 0.15) == []
+    logged = [line for line in robot.node_log.snapshot() if reason in line]
+    assert logged and CAMERA in logged[0] and "[ERROR]" in logged[0]
+    ack = robot.command("encoding", value="rgb8") if command["cmd"] == "encoding" else (
+        robot.command("size", width=64, height=48))
+    robot.wait_for("trajectory", since=ack["t"], timeout=10.0)
