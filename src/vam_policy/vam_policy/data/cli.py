@@ -1,8 +1,9 @@
-"""`vam dataset build|info` and `vam record`: from demonstrations to a dataset folder.
+"""`vam dataset build|info|import-lerobot|export-lerobot` and `vam record`.
 
 `add_dataset_commands` adds the verbs to the `vam` parser; each verb's function returns an
 exit code and reports a ValueError (bad bag, bad profile, bad dataset) as one line on stderr
-instead of a traceback, since those are the user's to fix, not bugs.
+instead of a traceback, since those are the user's to fix, not bugs. The LeRobot verbs import
+their module (pyarrow, PyAV) when run, so the other verbs start without them.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from vam_policy.data.episodes import (
 
 
 def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add `dataset build`, `dataset info` and `record` to a parser's subcommands."""
+    """Add `dataset build|info|import-lerobot|export-lerobot` and `record` to a parser."""
     dataset = subparsers.add_parser(
-        "dataset", help="turn rosbag2 demonstrations into an episodes dataset, or inspect one"
+        "dataset", help="turn rosbag2 demonstrations (or LeRobot v3.0) into an episodes dataset, "
+        "inspect one, or export it to LeRobot"
     )
     verbs = dataset.add_subparsers(dest="dataset_verb", required=True, metavar="VERB")
 
@@ -63,6 +65,7 @@ def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
     info = verbs.add_parser("info", help="summarise a dataset folder")
     info.add_argument("dir", type=Path)
     info.set_defaults(func=run_dataset_info)
+    _add_lerobot_verbs(verbs)
 
     record = subparsers.add_parser(
         "record", help="record a demonstration: run `ros2 bag record` on the profile's topics"
@@ -73,6 +76,41 @@ def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
     record.add_argument("--instruction", help=f"written to <out>/{INSTRUCTION_FILE} afterwards")
     record.add_argument("--dry-run", action="store_true", help="print the command only")
     record.set_defaults(func=run_record)
+
+
+def _add_lerobot_verbs(verbs: argparse._SubParsersAction) -> None:
+    imp = verbs.add_parser("import-lerobot",
+                           help="convert a LeRobot v3.0 dataset folder into a dataset folder")
+    imp.add_argument("--src", required=True, type=Path, help="LeRobot dataset folder")
+    imp.add_argument("--out", required=True, type=Path, help="dataset folder to (re)write")
+    imp.add_argument("--camera", nargs="+", default=[], metavar="KEY",
+                     help="image/video features to keep, in order (default: all)")
+    imp.add_argument("--state-key", default="observation.state",
+                     help="state feature (default %(default)s)")
+    imp.add_argument("--action-key", default="action", help="action feature (default "
+                     "%(default)s)")
+    imp.add_argument("--joint-names", nargs="+", default=[], metavar="NAME",
+                     help="names of the state dimensions (default: the feature's names)")
+    imp.add_argument("--fps", type=float, default=None,
+                     help="frame rate of the video history (default: the dataset's fps)")
+    imp.add_argument("--val-fraction", type=float, default=0.1,
+                     help="fraction of episodes held out for validation (default %(default)s)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the split")
+    imp.add_argument("--frame-codec", choices=FRAME_CODECS, default="jpeg",
+                     help="how frames are stored (default %(default)s)")
+    imp.set_defaults(func=run_dataset_import_lerobot)
+
+    exp = verbs.add_parser("export-lerobot", help="write a dataset folder as LeRobot v3.0")
+    exp.add_argument("--dataset", required=True, type=Path, help="dataset folder")
+    exp.add_argument("--out", required=True, type=Path, help="LeRobot folder to (re)write")
+    exp.add_argument("--fps", type=float, default=None,
+                     help="rows per second, an integer dividing the control rate (default: "
+                     "the control rate)")
+    exp.add_argument("--robot-type", default=None,
+                     help="robot_type in info.json (default: the dataset's profile)")
+    exp.add_argument("--video-codec", choices=("av1", "h264"), default="av1",
+                     help="video codec (default %(default)s, as LeRobot)")
+    exp.set_defaults(func=run_dataset_export_lerobot)
 
 
 def _reporting_errors(verb: Callable[[argparse.Namespace], int]
@@ -107,6 +145,33 @@ def run_dataset_build(args: argparse.Namespace) -> int:
 def run_dataset_info(args: argparse.Namespace) -> int:
     """`vam dataset info`: what a dataset folder holds."""
     print(describe(load_dataset(args.dir)))
+    return 0
+
+
+@_reporting_errors
+def run_dataset_import_lerobot(args: argparse.Namespace) -> int:
+    """`vam dataset import-lerobot`: LeRobot v3.0 folder -> dataset folder, then its summary."""
+    from vam_policy.data.lerobot import ImportOptions, import_lerobot
+
+    options = ImportOptions(cameras=tuple(args.camera), state_key=args.state_key,
+                            action_key=args.action_key, joint_names=tuple(args.joint_names),
+                            fps=args.fps)
+    dataset = import_lerobot(args.src, args.out, options, val_fraction=args.val_fraction,
+                             seed=args.seed, frame_codec=args.frame_codec)
+    print(describe(dataset))
+    return 0
+
+
+@_reporting_errors
+def run_dataset_export_lerobot(args: argparse.Namespace) -> int:
+    """`vam dataset export-lerobot`: dataset folder -> LeRobot v3.0 folder."""
+    from vam_policy.data.lerobot_export import ExportOptions, export_lerobot
+
+    options = ExportOptions(fps=args.fps, robot_type=args.robot_type, codec=args.video_codec)
+    info = export_lerobot(args.dataset, args.out, options)
+    print(f"LeRobot v3.0 dataset {info.root}: {info.total_episodes} episodes at {info.fps:g} "
+          f"fps, robot_type {info.robot_type!r}, cameras {', '.join(info.camera_keys)} "
+          f"({args.video_codec})")
     return 0
 
 

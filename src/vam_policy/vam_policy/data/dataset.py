@@ -19,8 +19,9 @@ smaller, decodes fast, and its loss at q95 is below camera noise (many cameras s
 anyway). "png" keeps frames lossless for those who want it. Each frame is encoded on its own
 so a training loader can decode only the frames a sample needs.
 
-`build_dataset` writes into a temporary folder beside `out` and renames it into place only
-when every bag has been read, so a corrupt bag in the middle leaves a previous dataset whole.
+`write_dataset` (behind `build_dataset` and the LeRobot import) writes into a temporary folder
+beside `out` and renames it into place only when every episode has been read, so a corrupt bag
+in the middle leaves a previous dataset whole.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -152,14 +153,43 @@ def build_dataset(
     An existing dataset at `out` is replaced only once the new one is complete; a folder at
     `out` that is not a dataset is never touched (DatasetError).
     """
-    out = Path(out)
     options = options or EpisodeOptions()
     if not bags:
         raise DatasetError("no bags given")
+    episodes = (build_episode(bag, profile, options)
+                for bag in tqdm(bags, desc="bags", unit="bag", disable=not progress))
+    return write_dataset(
+        episodes, len(bags), out, profile=profile.name, val_fraction=val_fraction, seed=seed,
+        frame_codec=frame_codec,
+        provenance={"action_source": options.action_source, "max_gap_s": options.max_gap_s},
+    )
+
+
+def write_dataset(
+    episodes: Iterable[Episode],
+    count: int,
+    out: str | Path,
+    *,
+    profile: str,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    frame_codec: FrameCodec = "jpeg",
+    provenance: Mapping[str, Any] | None = None,
+) -> Dataset:
+    """Write `count` episodes, taken one at a time, as the dataset folder `out`, atomically.
+
+    Joints, cameras, fps and control rate come from the first episode and must be the same in
+    all. `provenance` (JSON values) is recorded in dataset.json as it is. An existing dataset
+    at `out` is replaced only once the new one is complete; a folder at `out` that is not a
+    dataset is never touched (DatasetError).
+    """
+    out = Path(out)
+    if count < 1:
+        raise DatasetError("no episodes given")
     if frame_codec not in FRAME_CODECS:
         raise DatasetError(f"frame codec must be one of {', '.join(FRAME_CODECS)}, "
                            f"got {frame_codec!r}")
-    splits = split_episodes(len(bags), val_fraction, seed)
+    splits = split_episodes(count, val_fraction, seed)
     if out.exists() and not (out / DATASET_FILE).is_file() and (
         not out.is_dir() or any(out.iterdir())
     ):
@@ -169,35 +199,49 @@ def build_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         (tmp / "episodes").mkdir()
-        entries, states, actions = [], [], []
-        for i, bag in enumerate(tqdm(bags, desc="bags", unit="bag", disable=not progress)):
-            episode = build_episode(bag, profile, options)
+        entries: list[EpisodeEntry] = []
+        states, actions, first = [], [], None
+        for i, episode in enumerate(episodes):
+            if i >= count:
+                raise DatasetError(f"more episodes than the {count} announced")
+            if first is None:
+                first = episode
+            _check_same_layout(first, episode)
             file = f"episodes/{i:06d}.npz"
             _write_episode(tmp / file, episode, frame_codec)
             entries.append(_entry(episode, file, splits[i]))
             if splits[i] == "train":
                 states.append(episode.state)
                 actions.append(episode.action)
+        if first is None or len(entries) != count:
+            raise DatasetError(f"{len(entries)} episodes given, {count} announced")
         state_stats = Normalizer.fit(np.concatenate(states))
         action_stats = Normalizer.fit(np.concatenate(actions))
-        _write_stats(tmp / STATS_FILE, state_stats, action_stats, profile.joint_names)
-        rate = options.control_rate_hz or profile.control_rate_hz
+        _write_stats(tmp / STATS_FILE, state_stats, action_stats, first.joint_names)
         document = {
-            "format": FORMAT, "version": VERSION, "profile": profile.name,
-            "joint_names": list(profile.joint_names),
-            "camera_topics": list(profile.camera_topics),
-            "fps": options.fps, "control_rate_hz": rate, "frame_codec": frame_codec,
-            "jpeg_quality": JPEG_QUALITY, "action_source": options.action_source,
-            "max_gap_s": options.max_gap_s, "val_fraction": val_fraction, "seed": seed,
+            "format": FORMAT, "version": VERSION, "profile": profile,
+            "joint_names": list(first.joint_names), "camera_topics": list(first.camera_topics),
+            "fps": first.fps, "control_rate_hz": first.control_rate_hz,
+            "frame_codec": frame_codec, "jpeg_quality": JPEG_QUALITY, **(provenance or {}),
+            "val_fraction": val_fraction, "seed": seed,
             "stats": STATS_FILE, "stats_split": "train",
             "episodes": [_entry_json(e) for e in entries],
         }
         (tmp / DATASET_FILE).write_text(json.dumps(document, indent=2) + "\n")
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_dataset(out)
+
+
+def _check_same_layout(first: Episode, episode: Episode) -> None:
+    """One dataset has one joint order, one camera set and one pair of rates."""
+    layout = ("joint_names", "camera_topics", "fps", "control_rate_hz")
+    for name in layout:
+        if getattr(episode, name) != getattr(first, name):
+            raise DatasetError(f"episode {episode.source}: {name} {getattr(episode, name)!r} "
+                               f"differs from the first episode's {getattr(first, name)!r}")
 
 
 def load_dataset(folder: str | Path) -> Dataset:
@@ -323,7 +367,7 @@ def _read_stats(root: Path, joints: int) -> tuple[Normalizer, Normalizer]:
     return stats[0], stats[1]
 
 
-def _replace(new: Path, out: Path) -> None:
+def replace_folder(new: Path, out: Path) -> None:
     """Move the finished `new` folder to `out`, replacing a previous dataset there."""
     if not out.exists():
         new.rename(out)
