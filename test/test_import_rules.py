@@ -1,4 +1,4 @@
-"""The architecture rule: model, data and train never import ROS (they train anywhere)."""
+"""The architecture rule: model, data, train and sim never import ROS (they run anywhere)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("room", ["model", "data", "train"])
+@pytest.mark.parametrize("room", ["model", "data", "train", "sim"])
 def test_room_imports_with_ros_blocked(room: str) -> None:
     """Every module under vam_policy.<room> imports in a process where ROS imports fail."""
     result = subprocess.run(

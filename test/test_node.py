@@ -137,7 +137,7 @@ def test_startup_errors_are_clear_and_exit_2(processes: Processes, tiny_checkpoi
                                             ) -> None:
     """Each wrong configuration stops the node before it subscribes, saying what is wrong."""
     checkpoint = f"checkpoint:={tiny_checkpoint}"
-    other_joints = "joint_names:=[" + ",".join(f"arm_joint{i}" for i in range(1, 8)) + "]"
+    other_joints = "joint_names:=[" + ",".join(f"arm_joint{i}" for i, _ in enumerate(JOINTS)) + "]"
     cases = {
         "joint names": ([checkpoint, other_joints],
                         ["do not match the checkpoint", "robot0_joint1", "arm_joint1"]),

@@ -73,7 +73,7 @@ def test_profiles_name_the_real_joints_and_controllers() -> None:
     assert ur5e.joint_names == ("shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint",
                                 "wrist_1_joint", "wrist_2_joint", "wrist_3_joint")
     assert ur5e.trajectory_topic == "/scaled_joint_trajectory_controller/joint_trajectory"
-    assert sim.joint_names == tuple(f"robot0_joint{i}" for i in range(1, 8))
+    assert sim.joint_names == (*(f"robot0_joint{i}" for i in range(1, 8)), "robot0_gripper")
 
 
 def test_settings_fields_are_exactly_the_parameter_table() -> None:

@@ -39,11 +39,12 @@ def _profile() -> dict:
 
 
 def test_joint_names_and_limits_match_the_robot_profile(arm: SimArm) -> None:
-    """The node's profile names the sim's joints in order, and its limits cover the sim's."""
+    """The node's profile names the sim's joints in order, then the virtual gripper joint,
+    and its arm limits cover the sim's."""
     profile = _profile()
-    assert list(arm.joint_names) == profile["joint_names"]
-    assert np.all(np.array(profile["joint_position_lower"]) <= arm.joint_lower + 1e-6)
-    assert np.all(np.array(profile["joint_position_upper"]) >= arm.joint_upper - 1e-6)
+    assert profile["joint_names"] == [*arm.joint_names, "robot0_gripper"]
+    assert np.all(np.array(profile["joint_position_lower"][:7]) <= arm.joint_lower + 1e-6)
+    assert np.all(np.array(profile["joint_position_upper"][:7]) >= arm.joint_upper - 1e-6)
 
 
 def test_observation_shapes_and_image_shows_the_cubes(arm: SimArm) -> None:
@@ -213,6 +214,6 @@ def test_expert_commands_respect_the_profile_limits(arm: SimArm, name: str) -> N
     period = 1.0 / arm.config.control_hz
     velocity = np.diff(np.array(targets), axis=0) / period
     acceleration = np.diff(velocity, axis=0) / period
-    assert np.all(np.abs(velocity) <= np.array(profile["max_joint_velocity"]))
-    assert np.all(np.abs(acceleration) <= np.array(profile["max_joint_acceleration"]))
+    assert np.all(np.abs(velocity) <= np.array(profile["max_joint_velocity"][:7]))
+    assert np.all(np.abs(acceleration) <= np.array(profile["max_joint_acceleration"][:7]))
     assert arm.success()

@@ -20,6 +20,7 @@ setup(
         "console_scripts": [
             "vam = vam_policy.cli:main",
             "vam_policy_node = vam_policy.ros.node:main",
+            "vam_sim_node = vam_policy.ros.sim_node:main",
         ],
     },
 )

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from vam_policy.data.cli import add_dataset_commands
+from vam_policy.ros.eval_cli import add_eval_commands
+from vam_policy.sim.cli import add_sim_commands
 from vam_policy.train.cli import add_train_commands
 
 
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     selfcheck.set_defaults(func=_selfcheck)
     add_dataset_commands(verbs)
     add_train_commands(verbs)
+    add_sim_commands(verbs)
+    add_eval_commands(verbs)
     return parser
 
 

@@ -1,0 +1,262 @@
+"""Scripted demonstrations written as rosbag2, as if recorded from the live sim node.
+
+    vam sim record --tasks lift_red,push_blue_left --episodes-per-task 10 --out demos/sim
+
+The experts run in the simulator directly (no ROS, faster than real time), and each episode is
+written with the `rosbags` package as one bag holding exactly what `ros2 bag record` would get
+from `vam_sim_node` and the policy node's inputs: the camera Image (rgb8), the JointState of the
+arm joints plus `robot0_gripper`, the expert's commands as JointTrajectory on the trajectory
+topic and the instruction as std_msgs/String on the policy node's instruction topic, plus an
+`instruction.txt`. Topics, rates and stamps follow the sim node's rules (`vam_sim_node`
+section of the profile): every physics state is stamped with its simulated time, a timer at
+joint_states_rate_hz / camera_rate_hz sends the newest state once, and each command is a
+one-point trajectory stamped when it was decided, reaching its target one control period later
+(what the sim node executes). So `vam dataset build` reads these bags like real recordings, and
+a policy trained on them meets the same signals in the closed loop. Only episodes the expert
+solved are kept. No rclpy here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from vam_policy.data.episodes import INSTRUCTION_FILE, RecordingProfile
+from vam_policy.ros.sim_parameters import SimNodeSettings, load_sim_settings
+from vam_policy.sim.arm import SimArm, SimConfig
+from vam_policy.sim.experts import make_expert
+from vam_policy.sim.tasks import get_task
+from vam_policy.sim.trajectory import controlled_joints, controller_state
+
+Storage = Literal["mcap", "sqlite3"]
+STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
+SUMMARY_FILE = "recording.json"
+_PARTIAL = ".partial"
+_PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+_TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+_T = _TYPESTORE.types
+_IMAGE, _JOINTS = "sensor_msgs/msg/Image", "sensor_msgs/msg/JointState"
+_TRAJECTORY, _STRING = "trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/String"
+
+
+@dataclass(frozen=True)
+class RecordingTopics:
+    """What a recording holds: the sim node's topics and rates, the policy's instruction topic."""
+
+    camera_topic: str
+    joint_states_topic: str
+    trajectory_topic: str
+    instruction_topic: str
+    camera_rate_hz: float
+    joint_states_rate_hz: float
+    camera_frame_id: str
+
+    @classmethod
+    def from_profile(cls, path: str | Path) -> tuple[RecordingTopics, SimNodeSettings]:
+        """Topics and sim settings of a profile whose two node sections agree.
+
+        Raises ValueError naming each disagreement: such bags could not be built into a dataset
+        with the same profile, or the policy would listen where the sim does not publish.
+        """
+        sim = load_sim_settings(path)
+        policy = RecordingProfile.load(path)
+        joints = controlled_joints(SimArm.joint_names)
+        problems = [
+            f"{what}: vam_sim_node has {mine!r}, vam_policy_node {theirs!r}"
+            for what, mine, theirs in (
+                ("camera topic", (sim.camera_topic,), policy.camera_topics),
+                ("joint states topic", sim.joint_states_topic, policy.joint_states_topic),
+                ("trajectory topic", sim.trajectory_topic, policy.trajectory_topic),
+                ("joint names", joints, policy.joint_names),
+            )
+            if mine != theirs
+        ]
+        if problems:
+            raise ValueError(f"profile {path}: the sim and policy sections disagree: "
+                             + "; ".join(problems))
+        topics = cls(sim.camera_topic, sim.joint_states_topic, sim.trajectory_topic,
+                     policy.instruction_topic, sim.camera_rate_hz, sim.joint_states_rate_hz,
+                     sim.camera)
+        return topics, sim
+
+
+@dataclass(frozen=True)
+class RecordedEpisode:
+    """One expert episode: how it ended and where its bag is ("" when it was dropped)."""
+
+    task: str
+    seed: int
+    success: bool
+    steps: int
+    sim_time_s: float
+    wall_time_s: float
+    bag: str
+
+
+def sim_config(settings: SimNodeSettings) -> SimConfig:
+    """The SimConfig the sim node runs with these settings."""
+    return SimConfig(camera=settings.camera, image_height=settings.image_height,
+                     image_width=settings.image_width, control_hz=settings.control_rate_hz,
+                     horizon_s=settings.episode_time_limit_s, seed=settings.seed)
+
+
+def sent_by_timer(t: float, period_s: float, rate_hz: float) -> bool:
+    """Whether a timer at `rate_hz` (ticking at k / rate_hz) sends the state that was newest
+    from `t` until `t + period_s`: it does when a tick falls in that interval."""
+    tick = math.ceil(t * rate_hz - 1e-9) / rate_hz
+    return tick < t + period_s - 1e-9
+
+
+def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: RecordingTopics,
+                   storage: Storage = "mcap", settle_s: float = 0.3) -> RecordedEpisode:
+    """Run `task`'s expert from `seed` and write every message to a new bag at `path`.
+
+    Ends `settle_s` after the expert's plan or at the episode time limit, like
+    `run_expert_episode`; success is judged at the end. The bag is written either way.
+    """
+    wall_start = time.monotonic()
+    observation = arm.reset(task, seed)
+    expert = make_expert(arm)
+    period = 1.0 / arm.config.control_hz
+    joints = controlled_joints(arm.joint_names)
+    start_ns = time.time_ns()
+    previous_gripper: float | None = None
+    steps = 0
+    with Writer(path, version=9, storage_plugin=_PLUGINS[storage]) as writer:
+        connections = {
+            topic: writer.add_connection(topic, msgtype, typestore=_TYPESTORE)
+            for topic, msgtype in ((topics.instruction_topic, _STRING),
+                                   (topics.joint_states_topic, _JOINTS),
+                                   (topics.camera_topic, _IMAGE),
+                                   (topics.trajectory_topic, _TRAJECTORY))
+        }
+
+        def write(topic: str, stamp_ns: int, msg: Any) -> None:
+            data = _TYPESTORE.serialize_cdr(msg, msg.__msgtype__)
+            writer.write(connections[topic], stamp_ns, data)
+
+        write(topics.instruction_topic, start_ns, _T[_STRING](data=arm.task.instruction))
+        while True:
+            stamp = start_ns + round(observation.time * 1e9)
+            if sent_by_timer(observation.time, period, topics.joint_states_rate_hz):
+                positions, velocities = controller_state(
+                    observation.joint_positions, observation.joint_velocities,
+                    observation.gripper_opening, previous_gripper, period)
+                write(topics.joint_states_topic, stamp, _T[_JOINTS](
+                    header=_header(stamp), name=list(joints), position=positions,
+                    velocity=velocities, effort=np.zeros(0)))
+            if sent_by_timer(observation.time, period, topics.camera_rate_hz):
+                write(topics.camera_topic, stamp, _image(observation.rgb, stamp,
+                                                         topics.camera_frame_id))
+            if observation.time >= expert.duration_s + settle_s or arm.truncated:
+                break
+            command = expert.act(observation)
+            write(topics.trajectory_topic, stamp, _trajectory(
+                joints, [*command.joint_targets, command.gripper], stamp, period))
+            previous_gripper = observation.gripper_opening
+            observation = arm.apply(command)
+            steps += 1
+    return RecordedEpisode(arm.task.name, seed, arm.success(), steps, observation.time,
+                           time.monotonic() - wall_start, str(path))
+
+
+def record_demonstrations(
+    profile: str | Path,
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    storage: Storage = "mcap",
+    log: Callable[[str], None] = print,
+) -> list[RecordedEpisode]:
+    """Record `episodes_per_task` expert episodes of each task (seeds seed, seed+1, ...).
+
+    Writes `<out>/<task>_<seed>/` bags of the solved episodes only, and `<out>/recording.json`
+    listing every episode. Refuses to overwrite an existing bag.
+    """
+    topics, settings = RecordingTopics.from_profile(profile)
+    for task in tasks:
+        get_task(task)  # a typo fails before any episode runs
+    if episodes_per_task < 1 or storage not in STORAGES or not tasks:
+        raise ValueError(f"need tasks, episodes_per_task >= 1 and a storage in {STORAGES}, "
+                         f"got {list(tasks)}, {episodes_per_task}, {storage!r}")
+    out = Path(out)
+    planned = [(task, seed + i) for task in tasks for i in range(episodes_per_task)]
+    existing = [str(out / _bag_name(*p)) for p in planned if (out / _bag_name(*p)).exists()]
+    if existing:
+        raise ValueError(f"refusing to overwrite recordings: {', '.join(existing)}")
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[RecordedEpisode] = []
+    with SimArm(sim_config(settings)) as arm:
+        for task, episode_seed in planned:
+            final = out / _bag_name(task, episode_seed)
+            # Written elsewhere under its final name (the storage file is named after the
+            # folder), then moved in whole: a crash leaves no half bag among the good ones.
+            partial = out / _PARTIAL / final.name
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.parent.mkdir(exist_ok=True)
+            try:
+                result = record_episode(arm, task, episode_seed, partial, topics, storage)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            if result.success:
+                (partial / INSTRUCTION_FILE).write_text(arm.task.instruction + "\n",
+                                                        encoding="utf-8")
+                partial.rename(final)
+                result = RecordedEpisode(**{**asdict(result), "bag": str(final)})
+            else:
+                shutil.rmtree(partial)
+                result = RecordedEpisode(**{**asdict(result), "bag": ""})
+            results.append(result)
+            log(f"{task} seed {episode_seed}: {'solved' if result.success else 'FAILED'} in "
+                f"{result.sim_time_s:.1f} s sim, {result.wall_time_s:.1f} s wall"
+                + (f" -> {final}" if result.success else " (dropped)"))
+    shutil.rmtree(out / _PARTIAL, ignore_errors=True)
+    kept = sum(r.success for r in results)
+    summary = {"profile": str(profile), "storage": storage, "kept": kept,
+               "episodes": [asdict(r) for r in results]}
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log(f"kept {kept} of {len(results)} episodes (only solved ones) in {out}")
+    return results
+
+
+def _bag_name(task: str, seed: int) -> str:
+    return f"{task}_{seed:04d}"
+
+
+def _header(stamp_ns: int, frame_id: str = "") -> Any:
+    return _T["std_msgs/msg/Header"](
+        stamp=_T["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000,
+                                              nanosec=stamp_ns % 1_000_000_000),
+        frame_id=frame_id)
+
+
+def _image(rgb: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
+    height, width = rgb.shape[:2]
+    return _T[_IMAGE](header=_header(stamp_ns, frame_id), height=height, width=width,
+                      encoding="rgb8", is_bigendian=0, step=width * 3,
+                      data=np.ascontiguousarray(rgb, dtype=np.uint8).reshape(-1))
+
+
+def _trajectory(joints: Sequence[str], targets: Sequence[float], stamp_ns: int,
+                period_s: float) -> Any:
+    """One point: the targets, reached one control period after the stamp."""
+    nanoseconds = round(period_s * 1e9)
+    point = _T["trajectory_msgs/msg/JointTrajectoryPoint"](
+        positions=np.asarray(targets, dtype=np.float64), velocities=np.zeros(0),
+        accelerations=np.zeros(0), effort=np.zeros(0),
+        time_from_start=_T["builtin_interfaces/msg/Duration"](
+            sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000))
+    return _T[_TRAJECTORY](header=_header(stamp_ns), joint_names=list(joints), points=[point])

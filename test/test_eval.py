@@ -1,0 +1,63 @@
+"""`vam eval`: the policy node drives the sim node over ROS 2, episode by episode."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, Processes
+from vam_policy.ros.evaluation import EpisodeOutcome, markdown_table, summarize
+
+PROFILE = REPO_ROOT / "config" / "sim_panda.yaml"
+
+
+def _outcome(task: str, success: bool, sim_time_s: float) -> EpisodeOutcome:
+    return EpisodeOutcome(task, 0, "", success, sim_time_s, 1.0, 10, 0, 1.0, 1.0)
+
+
+def test_summary_rows_per_task_then_all() -> None:
+    rows = summarize([_outcome("lift_red", True, 4.0), _outcome("lift_red", False, 10.0),
+                      _outcome("push_red_left", False, 10.0)])
+    assert [(r.task, r.episodes, r.successes) for r in rows] == [
+        ("lift_red", 2, 1), ("push_red_left", 1, 0), ("all", 3, 1)]
+    assert rows[0].success_rate == 0.5 and rows[0].mean_time_s == 7.0
+    assert "| lift_red | 2 | 1 | 50% | 7.0 |" in markdown_table(rows)
+
+
+@pytest.mark.ros
+def test_eval_closes_the_loop_on_the_tiny_checkpoint(processes: Processes,
+                                                     tiny_checkpoint: Path,
+                                                     tmp_path: Path) -> None:
+    """Untrained policy, two 3 s episodes: each ends at the time limit, the sim executed the
+    policy node's trajectories (the arm moved far more than an idle arm drifts), results are
+    written and printed, and both node processes are gone afterwards."""
+    out = tmp_path / "eval"
+    process = processes.start(
+        sys.executable, "-m", "vam_policy.cli", "eval", "--checkpoint", tiny_checkpoint,
+        "--episodes", "1", "--tasks", "lift_red,push_blue_left", "--max-time-s", "3",
+        "--profile", PROFILE, "--out", out,
+    )
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    episodes = results["episodes"]
+    assert [(e["task"], e["seed"]) for e in episodes] == [("lift_red", 1000),
+                                                          ("push_blue_left", 1000)]
+    for episode in episodes:
+        assert episode["success"] or episode["sim_time_s"] == pytest.approx(3.0, abs=0.06)
+        # At most one refused: sent just before the pause, delivered after the next reset.
+        assert episode["trajectories_accepted"] >= 5 and episode["trajectories_rejected"] <= 1
+        assert episode["joint_travel_rad"] > 0.05, episode  # idle drift: ~2e-4 rad/s
+        assert episode["real_time_factor"] > 0.5
+    assert [row["task"] for row in results["summary"]] == ["lift_red", "push_blue_left", "all"]
+    table = (out / "results.md").read_text()
+    assert "| push_blue_left | 1 |" in table and "| all | 2 |" in table
+    assert "| all | 2 |" in stdout
+    for node in results["nodes"].values():
+        assert node["exit_code"] is not None and Path(node["log"]).is_file()
+        with pytest.raises(ProcessLookupError):
+            os.kill(node["pid"], 0)
