@@ -187,7 +187,8 @@ def test_trajectory_moves_joint_one_and_the_state_follows(sim: Sim) -> None:
     ack = sim.command("trajectory", joint_names=["robot0_joint1"],
                       positions=[[start[0] + 0.2]], times=[1.0])
     sent = ack["t"]
-    time.sleep(1.6)
+    # Wait on stamps, not a fixed sleep: under load the state stream may arrive late.
+    sim.wait_for("joints", lambda e: e["stamp"] > sent + 1.6, since=sent)
     joints = sim.events("joints", since=sent)
     stamps = np.array([e["stamp"] for e in joints]) - sent
     moved = np.array([e["positions"] for e in joints]) - start
@@ -199,7 +200,7 @@ def test_trajectory_moves_joint_one_and_the_state_follows(sim: Sim) -> None:
 
     ack = sim.command("trajectory", joint_names=[GRIPPER_JOINT], positions=[[0.0]],
                       times=[0.5])
-    time.sleep(1.2)
+    sim.wait_for("joints", lambda e: e["stamp"] > ack["t"] + 1.2, since=ack["t"])
     gripper = np.array([e["positions"][-1] for e in sim.events("joints", since=ack["t"])])
     assert gripper[-1] < 0.1 and gripper[0] > 0.5, gripper
     status = sim.events("episode", since=ack["t"] + 1.0)[-1]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import signal
 import sys
 import threading
 import time
@@ -26,14 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -80,6 +76,7 @@ from vam_policy.ros.parameters import (
     validate_runtime_change,
 )
 from vam_policy.ros.safety import SafetyLimits, UnsafeTargetsError, filter_targets
+from vam_policy.ros.spin import spin_node
 
 _LOG_PERIOD_S = 2.0
 _EMPTY_INSTRUCTION = "instruction is empty: say what to do, e.g. 'lift the red cube'"
@@ -427,32 +424,8 @@ class VAMPolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until shutdown; exit code 2 when it cannot start.
-
-    SIGINT is Python's KeyboardInterrupt only (installed even where the shell started us with
-    SIGINT ignored): with rclpy's handler as well, one SIGINT arrives twice, as
-    ExternalShutdownException and as KeyboardInterrupt, and the second one can cut the
-    inference thread's clean stop short. rclpy handles SIGTERM.
-    """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.SIGTERM)
-    node: VAMPolicyNode | None = None
-    code = 0
-    try:
-        node = VAMPolicyNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (ParameterError, StartupError) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {error}")
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-        rclpy.try_shutdown()
-    return code
+    """Run the node until shutdown; exit code 2 when it cannot start."""
+    return spin_node(VAMPolicyNode, NODE_NAME, (ParameterError, StartupError), args)
 
 
 if __name__ == "__main__":

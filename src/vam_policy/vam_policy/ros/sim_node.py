@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import queue
 import re
-import signal
 import sys
 import threading
 import time
@@ -37,12 +36,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
@@ -56,6 +52,7 @@ from vam_policy.ros.sim_parameters import (
     SimNodeSettings,
     sim_settings_from_parameters,
 )
+from vam_policy.ros.spin import spin_node
 from vam_policy.sim.arm import Observation, SimArm, SimConfig
 from vam_policy.sim.tasks import get_task
 from vam_policy.sim.trajectory import (
@@ -400,30 +397,8 @@ def _time(stamp: int) -> Time:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the sim node until shutdown; exit code 2 when its parameters are wrong.
-
-    SIGINT is Python's KeyboardInterrupt only, as in `vam_policy_node` (one SIGINT must not
-    arrive twice and cut the physics thread's stop short); rclpy handles SIGTERM.
-    """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.SIGTERM)
-    node: SimNode | None = None
-    code = 0
-    try:
-        node = SimNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except ParameterError as error:
-        rclpy.logging.get_logger(SIM_NODE_NAME).fatal(f"cannot start: {error}")
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-        rclpy.try_shutdown()
-    return code
+    """Run the sim node until shutdown; exit code 2 when its parameters are wrong."""
+    return spin_node(SimNode, SIM_NODE_NAME, (ParameterError,), args)
 
 
 if __name__ == "__main__":
