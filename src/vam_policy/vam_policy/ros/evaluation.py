@@ -9,7 +9,9 @@ pauses the policy, resets the sim (`~/reset`), hands the task's instruction to t
 (`~/set_instruction`), resumes it (`~/resume`), waits until the sim's EpisodeStatus says done
 (solved or out of time), and pauses the policy again. The nodes are always stopped at the end
 (SIGINT, then SIGKILL). Results go to `results.json` and `results.md` (success rate per task),
-the nodes' output to `logs/`.
+the nodes' output to `logs/`; with `record_frames` N, the camera frames this process received
+during the first N episodes go to `frames/<task>_<seed>.npz` (`frames` [T, H, W, 3] uint8 and
+`stamps` in s), to watch a rollout.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import rclpy
 from rclpy.client import Client
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from vam_msgs.msg import EpisodeStatus, PolicyStatus
 from vam_msgs.srv import ResetEpisode, SetInstruction
+from vam_policy.ros.image_conversion import image_to_rgb
 from vam_policy.ros.isolation import isolate_this_process, local_ros_env
 from vam_policy.ros.parameters import NODE_NAME
 from vam_policy.ros.sim_parameters import SIM_NODE_NAME, load_sim_settings
@@ -68,6 +73,7 @@ class EvalOptions:
     max_time_s: float | None = None  # None: the profile's episode_time_limit_s
     device: str | None = None  # None: the profile's
     startup_timeout_s: float = 300.0
+    record_frames: int = 0  # episodes (the first ones) whose camera frames are saved
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks or sorted(TASKS)))
@@ -75,6 +81,8 @@ class EvalOptions:
             get_task(task)
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.record_frames < 0:
+            raise ValueError(f"record_frames must be >= 0, got {self.record_frames}")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ValueError(f"max_time_s must be > 0, got {self.max_time_s}")
         if not Path(self.checkpoint).is_dir():
@@ -167,7 +175,8 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
         children.append(_start("vam_policy_node", "vam_policy.ros.node", profile, policy_args,
                                env, logs))
         rclpy.init(context=context, domain_id=domain)
-        loop = _Loop(context, children)
+        camera_topic = load_sim_settings(options.profile).camera_topic
+        loop = _Loop(context, children, camera_topic)
         try:
             loop.wait_until_ready(options.startup_timeout_s)
             log(f"vam eval: nodes up after {time.monotonic() - started:.1f} s (ROS domain "
@@ -175,7 +184,10 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
             outcomes = []
             for task in tasks:
                 for seed in range(options.seed, options.seed + options.episodes):
-                    outcome = loop.episode(task, seed, options.time_limit_s)
+                    record = len(outcomes) < options.record_frames
+                    outcome = loop.episode(task, seed, options.time_limit_s, record)
+                    if record:
+                        loop.save_frames(out / "frames" / f"{task}_{seed:04d}.npz")
                     outcomes.append(outcome)
                     log(f"{task} seed {seed}: {'solved' if outcome.success else 'failed'} "
                         f"in {outcome.sim_time_s:.1f} s sim ({outcome.wall_time_s:.1f} s "
@@ -235,15 +247,18 @@ def _stop(child: _Child) -> int | None:
 class _Loop:
     """This process's side of the loop: service clients and the two nodes' status topics."""
 
-    def __init__(self, context: Context, children: Sequence[_Child]) -> None:
+    def __init__(self, context: Context, children: Sequence[_Child], camera_topic: str) -> None:
         self._children = children
         self._node = Node("vam_eval", context=context)
         self._lock = threading.Lock()
         self._episode: EpisodeStatus | None = None
         self._policy: PolicyStatus | None = None
+        self._recording = False
+        self._frames: list[tuple[float, np.ndarray]] = []
         sim, policy = f"/{SIM_NODE_NAME}", f"/{NODE_NAME}"
         self._node.create_subscription(EpisodeStatus, f"{sim}/episode", self._on_episode, 10)
         self._node.create_subscription(PolicyStatus, f"{policy}/status", self._on_policy, 10)
+        self._node.create_subscription(Image, camera_topic, self._on_image, 10)
         self._reset = self._node.create_client(ResetEpisode, f"{sim}/reset")
         self._instruction = self._node.create_client(SetInstruction,
                                                      f"{policy}/set_instruction")
@@ -270,6 +285,24 @@ class _Loop:
         with self._lock:
             self._policy = msg
 
+    def _on_image(self, msg: Image) -> None:
+        with self._lock:
+            if not self._recording:
+                return
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        frame = image_to_rgb(msg)
+        with self._lock:
+            self._frames.append((stamp, frame))
+
+    def save_frames(self, path: Path) -> None:
+        """Write the frames of the last recorded episode (none received: no file)."""
+        with self._lock:
+            frames, self._frames = self._frames, []
+        if frames:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(path, frames=np.stack([f for _, f in frames]),
+                                stamps=np.array([t for t, _ in frames]))
+
     def wait_until_ready(self, timeout_s: float) -> None:
         """Both nodes up: the sim reports an episode and the policy (loaded) is paused."""
         def ready() -> bool:
@@ -287,8 +320,12 @@ class _Loop:
             if not client.wait_for_service(timeout_sec=_SERVICE_TIMEOUT_S):
                 raise EvalError(f"service {client.srv_name} did not appear")
 
-    def episode(self, task: str, seed: int, time_limit_s: float) -> EpisodeOutcome:
-        """Reset, instruct, resume, wait until done, pause; the sim's final report."""
+    def episode(self, task: str, seed: int, time_limit_s: float,
+                record: bool = False) -> EpisodeOutcome:
+        """Reset, instruct, resume, wait until done, pause; the sim's final report.
+
+        record: keep the camera frames from the resume until done, for `save_frames`.
+        """
         self._call(self._pause, Trigger.Request())
         with self._lock:
             before = self._episode.episode if self._episode else 0
@@ -302,6 +339,8 @@ class _Loop:
         if not answer.success:
             raise EvalError(f"policy refused the instruction: {answer.message}")
         started = time.monotonic()
+        with self._lock:
+            self._recording, self._frames = record, []
         self._call(self._resume, Trigger.Request())
         self._wait(lambda: self._episode is not None and self._episode.episode > before
                    and self._episode.done,
@@ -311,6 +350,7 @@ class _Loop:
         self._call(self._pause, Trigger.Request())
         with self._lock:
             final = self._episode
+            self._recording = False
         if final is None:
             raise EvalError("lost the episode status")
         return EpisodeOutcome(

@@ -5,7 +5,9 @@ close, lift; or beside the cube, down, slide left), interpolates them with a min
 profile, and turns each interpolated pose into ABSOLUTE joint targets with damped least-squares
 inverse kinematics on MuJoCo's own Jacobians (no solver beyond mujoco). Its output is therefore
 exactly what the policy will be asked to produce: a joint position target per control step plus
-a gripper opening.
+a gripper opening. The gripper command moves within the sim profile's gripper limits
+(`config/sim_panda.yaml`), so the demonstrations show what the policy node's safety filter
+lets through; a one-step jump from open to closed would be reshaped there, unlike in the demos.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ PUSH_HEIGHT_M = TABLE_TOP_Z + CUBE_HALF_SIZE_M
 HOVER_M = 0.10
 # Fingertips 3 cm apart: both press a 4 cm cube face when pushing.
 PUSH_OPENING = 0.3
+# The profile's robot0_gripper limits (3 /s, 16 /s^2) with a margin: the filter checks them on
+# finite differences of the commands.
+GRIPPER_MAX_SPEED = 2.7
+GRIPPER_MAX_ACCEL = 14.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,32 @@ def grasp_yaw(cube_yaw: float) -> float:
     return float((cube_yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4)
 
 
+class RateLimiter:
+    """A scalar command that follows its target within a speed and an acceleration limit.
+
+    Each step it moves at the largest speed from which it can still stop at the target (a
+    trapezoidal profile), so a step change of the target becomes a ramp without overshoot.
+    """
+
+    def __init__(self, value: float, max_speed: float, max_accel: float, period_s: float) -> None:
+        self.value = float(value)
+        self._speed = 0.0
+        self._max_speed, self._max_accel, self._dt = max_speed, max_accel, period_s
+
+    def step(self, target: float) -> float:
+        """The command one period later, moved towards `target`."""
+        error = target - self.value
+        dv = self._max_accel * self._dt
+        # Largest speed k * dv that brakes to rest within |error| in k steps of decreasing speed.
+        k = np.floor(np.sqrt(0.25 + 2 * abs(error) / (dv * self._dt)) - 0.5)
+        # At least one step of dv: the last bit of the way (below one braking step) is covered
+        # at |error| / period, within dv of rest.
+        wanted = np.sign(error) * min(self._max_speed, max(k, 1.0) * dv, abs(error) / self._dt)
+        self._speed = float(np.clip(wanted, self._speed - dv, self._speed + dv))
+        self.value += self._speed * self._dt
+        return self.value
+
+
 def _smoothstep(s: float) -> float:
     """Minimum-jerk profile: zero velocity and acceleration at both ends of a segment."""
     s = min(max(s, 0.0), 1.0)
@@ -168,6 +200,8 @@ class ScriptedExpert:
         self._q = self._q_first.copy()
         self._t0 = arm.observation.time
         self._period_s = 1.0 / arm.config.control_hz
+        self._gripper = RateLimiter(arm.observation.gripper_opening, GRIPPER_MAX_SPEED,
+                                    GRIPPER_MAX_ACCEL, self._period_s)
 
     @property
     def duration_s(self) -> float:
@@ -187,7 +221,8 @@ class ScriptedExpert:
             position = (1 - s) * self._points[segment - 1] + s * self._points[segment]
             q = self._ik.solve(self._q, position, self._rotation)
         self._q = q
-        return Command(joint_targets=q.copy(), gripper=self._grippers[segment])
+        gripper = self._gripper.step(self._grippers[segment])
+        return Command(joint_targets=q.copy(), gripper=gripper)
 
 
 def lift_expert(arm: SimArm, task: LiftTask) -> ScriptedExpert:
