@@ -10,7 +10,10 @@ from bagtools import INSTRUCTION_TOPIC, DemoSpec, write_demo_bag
 from conftest import REPO_ROOT
 from vam_policy.data.dataset import build_dataset
 from vam_policy.data.episodes import Episode, RecordingProfile
+from vam_policy.model.backbone_config import COSMOS_PREDICT2_2B_HUB_ID
 from vam_policy.model.transforms import ActionCoding, Normalizer
+from vam_policy.train.config import PolicySpec
+from vam_policy.train.prepare import build_policy_config
 from vam_policy.train.samples import (
     SampleSpec,
     anchor_frames,
@@ -126,3 +129,17 @@ def test_no_train_actions_is_a_clear_error(dataset) -> None:
     table = build_table(dataset, SPEC)
     with pytest.raises(ValueError, match="train split"):
         fit_norm_stats(dataset, table, np.zeros(0, np.int64), ActionCoding("relative"))
+
+
+def test_a_local_cosmos_folder_also_supplies_the_t5_encoder(dataset, tmp_path) -> None:
+    """An offline copy of the hub repo (transformer/, vae/, text_encoder/, tokenizer/) serves
+    the T5 encoder too, instead of the preset's hub id that cannot be reached offline."""
+    for sub in ("transformer", "vae", "text_encoder", "tokenizer"):
+        (tmp_path / sub).mkdir()
+    folder = str(tmp_path.resolve())
+    config = build_policy_config(PolicySpec(preset="paper"), dataset, backbone=folder)
+    assert config.backbone.source == folder
+    assert config.backbone.text_encoder_source == folder
+    (tmp_path / "tokenizer").rmdir()  # a stage-1 output: transformer/ and vae/ only
+    config = build_policy_config(PolicySpec(preset="paper"), dataset, backbone=folder)
+    assert config.backbone.text_encoder_source == COSMOS_PREDICT2_2B_HUB_ID

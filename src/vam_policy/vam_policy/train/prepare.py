@@ -53,7 +53,9 @@ def build_policy_config(spec: PolicySpec, dataset: Dataset,
     """The policy `spec` describes, for the dataset's joints and cameras.
 
     `backbone` (the CLI's --backbone) wins over `spec.backbone`; the other backbone settings
-    (frame size, history, text encoder) stay the preset's.
+    (frame size, history, text encoder) stay the preset's, except that a local Cosmos folder
+    with `text_encoder/` and `tokenizer/` also supplies the T5 encoder, so an offline copy of
+    the hub repo needs no second download.
     """
     overrides = {k: v for k, v in (("fps", spec.fps), ("action_dt", spec.action_dt)) if v}
     base = policy_preset(spec.preset, joint_names=dataset.joint_names,
@@ -64,6 +66,11 @@ def build_policy_config(spec: PolicySpec, dataset: Dataset,
                     if v is not None}
     if source:
         bb_overrides["source"] = resolve_backbone(source)
+        folder = Path(bb_overrides["source"])
+        if base.backbone.text_encoder == "t5" and all(
+            (folder / sub).is_dir() for sub in ("text_encoder", "tokenizer")
+        ):
+            bb_overrides["text_encoder_source"] = str(folder)
     decoder = base.decoder
     if spec.horizon is not None:
         decoder = dataclasses.replace(decoder, horizon=spec.horizon)
