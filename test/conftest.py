@@ -10,8 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -65,6 +67,25 @@ class Processes:
                     break
                 except subprocess.TimeoutExpired:
                     continue
+
+
+class Lines:
+    """Reads a process's text stream on a thread (a full pipe would block the process)."""
+
+    def __init__(self, stream: IO[str], parse: Callable[[str], Any] = str) -> None:
+        self.items: list[Any] = []
+        self._lock = threading.Lock()
+        self._parse = parse
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self._lock:
+                self.items.append(self._parse(line))
+
+    def snapshot(self) -> list[Any]:
+        with self._lock:
+            return list(self.items)
 
 
 @pytest.fixture(scope="session")

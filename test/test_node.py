@@ -11,16 +11,15 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import PEERS, REPO_ROOT, Processes
+from conftest import PEERS, REPO_ROOT, Lines, Processes
 from vam_policy.ros.parameters import load_parameters_file
 
 pytestmark = pytest.mark.ros
@@ -39,25 +38,6 @@ POSITIONS = (LOWER + UPPER) / 2
 POSITIONS[3], POSITIONS[5] = UPPER[3] - 0.01, LOWER[5] + 0.01
 NODE_COMMAND = [shutil.which("vam_policy_node") or "vam_policy_node"]
 MODULE_COMMAND = [sys.executable, "-m", "vam_policy.ros.node"]
-
-
-class Lines:
-    """Reads a process's text stream on a thread (a full pipe would block the process)."""
-
-    def __init__(self, stream: IO[str], parse: Callable[[str], Any] = str) -> None:
-        self.items: list[Any] = []
-        self._lock = threading.Lock()
-        self._parse = parse
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._lock:
-                self.items.append(self._parse(line))
-
-    def snapshot(self) -> list[Any]:
-        with self._lock:
-            return list(self.items)
 
 
 def _event(line: str) -> dict[str, Any]:

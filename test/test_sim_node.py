@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import PEERS, REPO_ROOT, Processes
+from conftest import PEERS, REPO_ROOT, Lines, Processes
 from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
 from vam_policy.ros.sim_parameters import load_sim_settings
 from vam_policy.sim.scene import ARM_JOINTS
@@ -57,25 +56,6 @@ def test_bad_parameters_stop_the_node_with_exit_2(processes: Processes) -> None:
     for fragment in ("[FATAL]", "cannot start", "did you mean 'lift_red'",
                      "did you mean 'camera_rate_hz'", "image_width"):
         assert fragment in err, (fragment, err)
-
-
-class Lines:
-    """Reads a process's text stream on a thread (a full pipe would block the process)."""
-
-    def __init__(self, stream: IO[str], parse: Callable[[str], Any] = str) -> None:
-        self.items: list[Any] = []
-        self._lock = threading.Lock()
-        self._parse = parse
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._lock:
-                self.items.append(self._parse(line))
-
-    def snapshot(self) -> list[Any]:
-        with self._lock:
-            return list(self.items)
 
 
 class Sim:
