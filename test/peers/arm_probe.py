@@ -12,34 +12,20 @@ with the same id:
 from __future__ import annotations
 
 import argparse
-import json
 import queue
 import sys
-import threading
-import time
 from typing import Any
 
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from peer_io import emit, run_peer, seconds
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vam_msgs.msg import EpisodeStatus
 from vam_msgs.srv import ResetEpisode
-
-_print_lock = threading.Lock()
-
-
-def emit(event: str, **fields: Any) -> None:
-    with _print_lock:
-        print(json.dumps({"event": event, **fields}), flush=True)
-
-
-def seconds(stamp: Any) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class Probe(Node):
@@ -96,12 +82,6 @@ class Probe(Node):
         emit("ack", id=ident, t=self.now())
 
 
-def read_commands(probe: Probe) -> None:
-    for line in sys.stdin:
-        if line.strip():
-            probe.commands.put(json.loads(line))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--camera-topic", required=True)
@@ -111,21 +91,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
     rclpy.init()
-    probe = Probe(args)
-    threading.Thread(target=read_commands, args=(probe,), daemon=True).start()
-    executor = SingleThreadedExecutor()
-    executor.add_node(probe)
-    emit("ready", t=probe.now())
-    deadline = time.monotonic() + args.timeout
-    try:
-        while rclpy.ok() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        probe.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_peer(Probe(args), args.timeout)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,11 @@ import argparse
 import json
 import queue
 import sys
-import threading
-import time
 from typing import Any
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from peer_io import emit, run_peer, seconds
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
@@ -42,18 +40,6 @@ from vam_msgs.srv import SetInstruction
 
 GRIPPER = "robot0_finger_joint1"
 _BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "mono8": 1, "16UC1": 2, "yuv422": 2}
-_print_lock = threading.Lock()
-
-
-def emit(event: str, **fields: Any) -> None:
-    with _print_lock:
-        print(json.dumps({"event": event, **fields}), flush=True)
-
-
-def seconds(stamp: Any) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 class Feeder(Node):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__("sensor_feeder")
@@ -186,12 +172,6 @@ class Feeder(Node):
                      for r in f.result().results]))
 
 
-def read_commands(feeder: Feeder) -> None:
-    for line in sys.stdin:
-        if line.strip():
-            feeder.commands.put(json.loads(line))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--joint-names", required=True, help="JSON list, profile order")
@@ -207,21 +187,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
     rclpy.init()
-    feeder = Feeder(args)
-    threading.Thread(target=read_commands, args=(feeder,), daemon=True).start()
-    executor = SingleThreadedExecutor()
-    executor.add_node(feeder)
-    emit("ready", t=feeder.now())
-    deadline = time.monotonic() + args.timeout
-    try:
-        while rclpy.ok() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        feeder.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_peer(Feeder(args), args.timeout)
 
 
 if __name__ == "__main__":
