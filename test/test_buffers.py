@@ -87,6 +87,28 @@ def test_joint_state_far_from_the_frames_is_not_an_observation() -> None:
     assert buffers.observation(1, 10.0, max_joint_gap_s=0.5) is not None
 
 
+def test_frames_before_a_resume_never_reach_the_model() -> None:
+    """After `forget_frames_before(t)` the history must be rebuilt from frames at or after t;
+    an old frame replayed later is still refused."""
+    buffers = ObservationBuffers(cameras=1, capacity=64)
+    for k in range(10):
+        buffers.push_frame(0, T0 + k * S // 10, frame(0))
+    buffers.push_joints(joints(T0 + 9 * S // 10))
+    assert buffers.observation(3, 10.0, 0.5) is not None
+    resume = T0 + S
+    buffers.forget_frames_before(resume)
+    assert buffers.observation(3, 10.0, 0.5) is None
+    with pytest.raises(ValueError, match="not newer"):
+        buffers.push_frame(0, T0 + 5 * S // 10, frame(0))
+    for k in range(3):
+        stamp = resume + k * S // 10
+        buffers.push_frame(0, stamp, frame(1))
+        buffers.push_joints(joints(stamp))
+    observation = buffers.observation(3, 10.0, 0.5)
+    assert observation is not None
+    assert np.array_equal(observation.frames, np.stack([frame(1)] * 3))
+
+
 @pytest.mark.parametrize("offset_ns", [0, -1])
 def test_duplicate_and_older_stamps_are_refused(offset_ns: int) -> None:
     buffers = ObservationBuffers(cameras=1, capacity=8)

@@ -217,6 +217,36 @@ def test_every_input_steers_its_own_example_only(name: str) -> None:
     torch.testing.assert_close(before[1:], after[1:], rtol=1e-5, atol=1e-6)
 
 
+def test_video_positions_let_the_decoder_tell_where_a_token_is() -> None:
+    """Without a grid, cross-attention is blind to token order; with one, moving a feature to
+    another place on the grid changes the prediction."""
+    torch.manual_seed(0)
+    x = inputs()
+    grid = (1, 2, 3)
+    features = torch.randn(B, 6, CF, generator=torch.Generator().manual_seed(1))
+    swapped = features[:, [3, 1, 2, 0, 4, 5]]  # two tokens trade places on the grid
+    args = {"x_tau": x["actions"], "tau_a": torch.full((B,), 0.5), "proprio": x["proprio"],
+            "tau_v": torch.full((B,), 0.2)}
+    for video_grid, sees_places in ((None, False), (grid, True)):
+        model = randomize_zero_init(ActionDecoder(tiny(video_grid=video_grid))).eval()
+        before = model.velocity(features=features, **args)
+        after = model.velocity(features=swapped, **args)
+        moved = (before - after).abs().max().item()
+        assert (moved > 1e-3) == sees_places, (video_grid, moved)
+
+
+def test_video_grid_fixes_the_token_count_and_survives_json() -> None:
+    config = tiny(video_grid=[2, 2, 1])
+    assert config.video_grid == (2, 2, 1) and config.video_tokens == 4
+    assert DecoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    model = ActionDecoder(config)
+    x = inputs()
+    with pytest.raises(ValueError, match=r"features must have shape \[B, N=4"):
+        model.sample(x["features"], x["proprio"], x["tau_v"], steps=1)
+    with pytest.raises(ValueError, match="video_grid must be three ints"):
+        tiny(video_grid=(2, 0, 1))
+
+
 def test_sample_is_bit_identical_after_save_and_load() -> None:
     """Same noise + same weights = same chunk, also for a model rebuilt from a checkpoint."""
     torch.manual_seed(0)

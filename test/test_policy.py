@@ -121,6 +121,15 @@ def test_config_round_trips_through_json(policy) -> None:
     assert again == policy.config
 
 
+def test_decoder_video_grid_follows_the_backbone_frame_size() -> None:
+    config = policy_preset("tiny", joint_names=JOINTS)
+    assert config.decoder.video_grid == config.backbone.token_grid == (4, 2, 2)
+    bigger = config.with_backbone(height=64, width=96)
+    assert bigger.decoder.video_grid == bigger.backbone.token_grid == (4, 4, 6)
+    with pytest.raises(ValueError, match=r"decoder.video_grid is \[4, 2, 2\] but"):
+        dataclasses.replace(config, backbone=bigger.backbone)
+
+
 def test_unknown_preset_suggests_the_close_name() -> None:
     with pytest.raises(ValueError, match="Did you mean 'tiny'"):
         policy_preset("tinny", joint_names=JOINTS)

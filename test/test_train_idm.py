@@ -22,6 +22,7 @@ from vam_policy.model.transforms import Normalizer
 from vam_policy.train.config import (
     ConfigError,
     IdmTrainConfig,
+    TauVSampling,
     load_train_config,
     preset_names,
 )
@@ -150,6 +151,22 @@ def test_cache_is_reused_checked_and_rebuilt(trained, dataset_dir: Path, tmp_pat
     assert live.cache is None
     np.testing.assert_allclose([r["loss"] for r in live.records if "loss" in r],
                                [r["loss"] for r in fourth.records if "loss" in r], rtol=1e-4)
+
+
+def test_cache_keeps_future_latents_only_when_tau_v_goes_below_one(
+        trained, dataset_dir: Path, tmp_path: Path) -> None:
+    """At tau_v = 1 the future latents are replaced by noise, so the cache skips them; a decoder
+    trained on tau_v in [0, 1] needs the true future and gets it."""
+    name = "episode_000000.safetensors"
+    backbone = load_checkpoint(trained.final).config.backbone
+    noise_only = load_file(trained.out / "latent_cache" / name)["latents"]
+    assert noise_only.shape[2] == backbone.history_latent_frames
+    config = dataclasses.replace(_config(steps=2, every=2), tau_v=TauVSampling(kind="uniform"))
+    any_tau = train_idm(dataset_dir, tmp_path / "any", config, progress=False)
+    assert any_tau.finished
+    with_future = load_file(tmp_path / "any" / "latent_cache" / name)["latents"]
+    assert with_future.shape[2] == backbone.latent_frames
+    torch.testing.assert_close(with_future[:, :, :backbone.history_latent_frames], noise_only)
 
 
 def test_presets_by_name_typos_and_yaml_files(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ kept unmodified so peft can wrap them and their `from_pretrained` / `save_pretra
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -180,18 +181,37 @@ class VideoBackbone(nn.Module):
         Uses the posterior mean (deterministic, like the original Wan encoder), then the
         pipeline's normalization (z - latents_mean) / latents_std * sigma_data. float32 out.
         """
+        latents = self._raw_latents(frames)  # [B, 16, T', H/8, W/8]
+        view = (1, LATENT_CHANNELS, 1, 1, 1)
+        mean = torch.tensor(self.vae.config.latents_mean, device=latents.device).view(view)
+        std = torch.tensor(self.vae.config.latents_std, device=latents.device).view(view)
+        return (latents - mean) / std * SIGMA_DATA
+
+    def _raw_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """The VAE posterior mean of frames `[B, 3, 1 + 4*m, H, W]`, unnormalized, float32."""
         height, width = self.config.height, self.config.width
         expected = f"[B, 3, 1 + 4*m, {height}, {width}]"
         if frames.ndim != 5 or frames.shape[1] != 3 or frames.shape[3:] != (height, width):
             raise _shape_error("frames", expected, frames)
         if (frames.shape[2] - 1) % VAE_TEMPORAL_FACTOR:
             raise _shape_error("frames", expected, frames)
-        posterior = self.vae.encode(frames.to(self.vae.dtype)).latent_dist
-        latents = posterior.mode().float()  # [B, 16, T', H/8, W/8]
-        view = (1, LATENT_CHANNELS, 1, 1, 1)
-        mean = torch.tensor(self.vae.config.latents_mean, device=latents.device).view(view)
-        std = torch.tensor(self.vae.config.latents_std, device=latents.device).view(view)
-        return (latents - mean) / std * SIGMA_DATA
+        return self.vae.encode(frames.to(self.vae.dtype)).latent_dist.mode().float()
+
+    @torch.no_grad()
+    def calibrate_latents(self, clips: Iterable[torch.Tensor]) -> None:
+        """Set the VAE's latent normalization to the per-channel mean and std of `clips`' latents.
+
+        A pretrained VAE ships these statistics (Wan 2.1's, measured on its training videos);
+        a random-weight VAE has none, and with Wan's its latents barely vary (about 1% of the
+        unit scale of the noise the future frames start from). Measured on the robot's own
+        frames, they put history latents at the scale the transformer expects. Each clip is
+        `[B, 3, 1 + 4*m, H, W]` as `encode_video` takes it; saved with the VAE's config.
+        """
+        latents = torch.cat([self._raw_latents(clip).transpose(0, 1).flatten(1)
+                             for clip in clips], dim=1)  # [16, N]
+        std = latents.std(dim=1).clamp_min(1e-6)
+        self.vae.register_to_config(latents_mean=latents.mean(dim=1).tolist(),
+                                    latents_std=std.tolist())
 
     # ---- latents -> features --------------------------------------------------------------
 

@@ -250,6 +250,14 @@ class BackboneConfig:
         """(height, width) of one latent frame."""
         return self.height // VAE_SPATIAL_FACTOR, self.width // VAE_SPATIAL_FACTOR
 
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """(T, h, w) of the feature tokens, which `features` returns flattened in that order:
+        every Predict2 transformer patchifies 1x2x2 latents."""
+        height, width = self.latent_size
+        patch = PIXELS_PER_TOKEN // VAE_SPATIAL_FACTOR
+        return self.latent_frames, height // patch, width // patch
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe field values, for checkpoints."""
         return dataclasses.asdict(self)

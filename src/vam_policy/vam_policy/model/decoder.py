@@ -49,6 +49,10 @@ class DecoderConfig:
         time_sampling: how training draws the action flow time tau_a.
         sample_steps: Euler steps from tau_a = 1 to 0 at inference (paper: 10).
         dropout: dropout on attention weights and the MLP output while training.
+        video_grid: (T, h, w) token grid of the video features, in the backbone's (t, h, w)
+            token order; it gives each video token a learned position (a sum of one
+            embedding per axis) so cross-attention can tell where in the frame and when a
+            feature is. None: no position on video tokens (and any token count is accepted).
     """
 
     action_dim: int
@@ -62,6 +66,7 @@ class DecoderConfig:
     time_sampling: TimeSamplingConfig = field(default_factory=TimeSamplingConfig)
     sample_steps: int = 10
     dropout: float = 0.0
+    video_grid: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("action_dim", "horizon", "feature_dim", "width", "depth", "heads",
@@ -82,6 +87,17 @@ class DecoderConfig:
                              f"{type(self.time_sampling).__name__}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"DecoderConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.video_grid is not None:
+            grid = tuple(self.video_grid)
+            if len(grid) != 3 or not all(isinstance(n, int) and n >= 1 for n in grid):
+                raise ValueError(f"DecoderConfig.video_grid must be three ints >= 1 (T, h, w) or "
+                                 f"None, got {self.video_grid!r}")
+            object.__setattr__(self, "video_grid", grid)
+
+    @property
+    def video_tokens(self) -> int | None:
+        """N the features must have when `video_grid` is set, else None (any N)."""
+        return math.prod(self.video_grid) if self.video_grid is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe nested dict (ints, floats, strings) for checkpoints."""
@@ -139,6 +155,22 @@ def _sinusoid(tau: Tensor) -> Tensor:
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1.0 + scale) + shift
+
+
+class VideoPositionEmbedding(nn.Module):
+    """A learned position for each video token of a (T, h, w) grid: `[1, T*h*w, W]`, the sum
+    of a frame, a row and a column embedding (factorised, so few demos train it)."""
+
+    def __init__(self, grid: tuple[int, int, int], width: int) -> None:
+        super().__init__()
+        self.frame = nn.Parameter(torch.zeros(grid[0], width))
+        self.row = nn.Parameter(torch.zeros(grid[1], width))
+        self.column = nn.Parameter(torch.zeros(grid[2], width))
+
+    def forward(self) -> Tensor:
+        grid = (self.frame[:, None, None] + self.row[None, :, None]
+                + self.column[None, None, :])  # [T, h, w, W]
+        return grid.flatten(0, 2)[None]  # [1, N, W]
 
 
 class DecoderTimeEmbedding(nn.Module):
@@ -282,6 +314,8 @@ class ActionDecoder(nn.Module):
         # projection's input scale independent of which backbone block is read.
         self.feature_proj = nn.Sequential(nn.LayerNorm(config.feature_dim),
                                           nn.Linear(config.feature_dim, width))
+        self.video_pos_embed = (VideoPositionEmbedding(config.video_grid, width)
+                                if config.video_grid is not None else None)
         # conditioning on the flow times
         self.time_embed = DecoderTimeEmbedding(width, config.adaln_lora_dim)
         # blocks
@@ -298,6 +332,9 @@ class ActionDecoder(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         nn.init.normal_(self.pos_embed, std=0.02)
+        if self.video_pos_embed is not None:
+            for table in self.video_pos_embed.parameters():
+                nn.init.normal_(table, std=0.02)
         zero = [self.output.mod[-1], self.output.proj]
         if self.time_embed.lora_base is not None:
             zero.append(self.time_embed.lora_base[-1])
@@ -316,8 +353,7 @@ class ActionDecoder(nn.Module):
         cfg = self.config
         _check("x_tau", x_tau, "[B, H, J]", (batch, cfg.horizon, cfg.action_dim))
         _check("tau_a", tau_a, "[B]", (batch,), unit_interval=True)
-        return self._velocity(x_tau, tau_a, self.feature_proj(self._cast(features)), proprio,
-                              tau_v)
+        return self._velocity(x_tau, tau_a, self._context(features), proprio, tau_v)
 
     def loss(
         self,
@@ -340,7 +376,7 @@ class ActionDecoder(nn.Module):
         eps = torch.randn(actions.shape, device=actions.device, dtype=actions.dtype,
                           generator=generator)  # [B, H, J]
         x_tau = interpolate(actions, eps, tau_a)  # [B, H, J]
-        context = self.feature_proj(self._cast(features))  # [B, N, W]
+        context = self._context(features)  # [B, N, W]
         pred = self._velocity(x_tau, tau_a, context, proprio, tau_v)  # [B, H, J]
         return F.mse_loss(pred.float(), velocity_target(actions, eps).float())
 
@@ -370,12 +406,19 @@ class ActionDecoder(nn.Module):
                                 generator=generator)
         else:
             _check("noise", noise, "[B, H, J]", shape)
-        context = self.feature_proj(self._cast(features))  # [B, N, W], reused every step
+        context = self._context(features)  # [B, N, W], reused every step
 
         def velocity_field(x: Tensor, tau_a: Tensor) -> Tensor:
             return self._velocity(x, tau_a, context, proprio, tau_v)
 
         return integrate(velocity_field, noise, steps)
+
+    def _context(self, features: Tensor) -> Tensor:
+        """Video feature tokens projected to the decoder width, with their positions."""
+        context = self.feature_proj(self._cast(features))  # [B, N, W]
+        if self.video_pos_embed is not None:
+            context = context + self.video_pos_embed()
+        return context
 
     def _velocity(
         self, x_tau: Tensor, tau_a: Tensor, context: Tensor, proprio: Tensor, tau_v: Tensor
@@ -396,8 +439,9 @@ class ActionDecoder(nn.Module):
     def _check_condition(self, features: Tensor, proprio: Tensor, tau_v: Tensor) -> int:
         """Validate the conditioning inputs and return the batch size B."""
         cfg = self.config
-        _check("features", features, f"[B, N, Cf={cfg.feature_dim}]",
-               (None, None, cfg.feature_dim))
+        tokens = cfg.video_tokens
+        _check("features", features, f"[B, N{'' if tokens is None else f'={tokens}'}, "
+               f"Cf={cfg.feature_dim}]", (None, tokens, cfg.feature_dim))
         batch = features.shape[0]
         if batch < 1 or features.shape[1] < 1:
             raise ValueError(f"features must have B >= 1 and N >= 1 tokens, got "

@@ -52,6 +52,12 @@ class PolicyConfig:
                 f"decoder.action_dim is {self.decoder.action_dim} but there are "
                 f"{len(self.joint_names)} joint_names; they must match"
             )
+        grid = self.decoder.video_grid
+        if grid is not None and grid != self.backbone.token_grid:
+            raise ValueError(
+                f"decoder.video_grid is {list(grid)} but the backbone's feature tokens form a "
+                f"{list(self.backbone.token_grid)} grid (T, h, w); they must match"
+            )
         if self.fps <= 0 or self.action_dt <= 0:
             raise ValueError(
                 f"fps and action_dt must be positive, got {self.fps}, {self.action_dt}"
@@ -69,6 +75,15 @@ class PolicyConfig:
     def history_frames(self) -> int:
         """Frames of history (at `fps`) each prediction needs."""
         return self.backbone.history_frames
+
+    def with_backbone(self, **changes: Any) -> PolicyConfig:
+        """This config with backbone fields changed; a decoder that places video tokens on a
+        grid follows the backbone's new grid (frame size, history, future frames)."""
+        backbone = dataclasses.replace(self.backbone, **changes)
+        decoder = self.decoder
+        if decoder.video_grid is not None:
+            decoder = dataclasses.replace(decoder, video_grid=backbone.token_grid)
+        return dataclasses.replace(self, backbone=backbone, decoder=decoder)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe nested dict for checkpoints."""
@@ -98,13 +113,15 @@ def _tiny(joint_names: tuple[str, ...], **overrides: Any) -> PolicyConfig:
         "tiny",
         action_dim=len(joint_names),
         feature_dim=arch.num_attention_heads * arch.attention_head_dim,
+        video_grid=backbone.token_grid,
     )
     return PolicyConfig(joint_names, backbone, decoder, **overrides)
 
 
 def _paper(joint_names: tuple[str, ...], **overrides: Any) -> PolicyConfig:
     backbone = get_backbone_config(COSMOS_PREDICT2_2B_HUB_ID)
-    decoder = decoder_preset("paper", action_dim=len(joint_names), horizon=15)
+    decoder = decoder_preset("paper", action_dim=len(joint_names), horizon=15,
+                             video_grid=backbone.token_grid)
     return PolicyConfig(joint_names, backbone, decoder, fps=5.0, action_dt=0.2, **overrides)
 
 

@@ -168,15 +168,17 @@ class FrameHistory:
     capacity: int = 64
     _stamps: list[float] = field(default_factory=list)
     _frames: list[np.ndarray] = field(default_factory=list)
+    _last_stamp: float | None = None  # newest ever pushed, kept by `forget_before`
 
     def push(self, stamp_s: float, frame: np.ndarray) -> None:
         if not np.isfinite(stamp_s):
             raise ValueError(f"frame stamp must be finite, got {stamp_s}")
-        if self._stamps and stamp_s <= self._stamps[-1]:
+        if self._last_stamp is not None and stamp_s <= self._last_stamp:
             raise ValueError(
                 f"frame stamp {stamp_s:.6f} s is not newer than the last one "
-                f"{self._stamps[-1]:.6f} s"
+                f"{self._last_stamp:.6f} s"
             )
+        self._last_stamp = float(stamp_s)
         self._stamps.append(float(stamp_s))
         self._frames.append(frame)
         if len(self._stamps) > self.capacity:
@@ -185,6 +187,12 @@ class FrameHistory:
     @property
     def newest_stamp(self) -> float | None:
         return self._stamps[-1] if self._stamps else None
+
+    def forget_before(self, t: float) -> None:
+        """Drop the frames stamped before t: a history of the world before a pause or reset
+        must not reach the model; `sample` waits until new frames reach back again."""
+        keep = bisect.bisect_left(self._stamps, t)
+        del self._stamps[:keep], self._frames[:keep]
 
     def sample(self, t: float, n: int, fps: float) -> np.ndarray | None:
         """`[n, H, W, 3]` frames ending at t, or None while the history does not reach back."""

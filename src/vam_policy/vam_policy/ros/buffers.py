@@ -89,6 +89,13 @@ class ObservationBuffers:
             self._newest_ns[camera] = stamp_ns
             self._changed.notify_all()
 
+    def forget_frames_before(self, stamp_ns: int) -> None:
+        """Drop every camera's frames older than `stamp_ns` (on resume): until new frames
+        span the history again, `observation` is None and the arm holds."""
+        with self._changed:
+            for history in self._histories:
+                history.forget_before(stamp_ns / _NS)
+
     def push_joints(self, sample: JointSample) -> None:
         """Add a joint state; ValueError when its stamp is not newer than the newest kept."""
         with self._changed:

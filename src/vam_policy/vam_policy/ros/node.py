@@ -393,6 +393,9 @@ class VAMPolicyNode(Node):
             response.message = "no checkpoint loaded: set the checkpoint parameter and restart"
             return response
         self._run.clear_latched()
+        # Frames from before the pause show a world that may have changed since (an episode
+        # reset, a person moving things): the model starts again from a fresh history.
+        self._buffers.forget_frames_before(self.get_clock().now().nanoseconds)
         self._run.set_paused(False)
         view = self._run.view()
         response.success = True

@@ -65,9 +65,18 @@ class PolicySpec:
     """Backbone block the decoder reads."""
     tau_v: float | None = None
     """Inference default of the video flow time, saved with the checkpoint."""
+    height: int | None = None
+    """Frame height (pixels, a multiple of 16) the video model sees; cameras are resized to it."""
+    width: int | None = None
+    """Frame width (pixels, a multiple of 16)."""
 
     def __post_init__(self) -> None:
         ActionCoding(self.action_representation)
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value < 16 or value % 16):
+                raise ConfigError(f"policy.{name}: expected a positive multiple of 16 pixels, "
+                                  f"got {value}")
         for name in ("fps", "action_dt"):
             value = getattr(self, name)
             if value is not None:

@@ -6,7 +6,9 @@ latents noised to tau_v (no grad), and trains the decoder's flow-matching loss o
 normalized, coded action chunk. Validation reports the flow loss on the val split and the
 action error in joint units: chunks sampled as `VAMPolicy.predict` does, un-normalized and
 decoded to absolute targets, against the truth. The product is a policy checkpoint the node
-loads unchanged.
+loads unchanged. When tau_v is 1 throughout (training and validation), the future latents
+would be pure noise anyway, so the cache holds history latents only and the backbone draws
+the noise itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vam_policy.model.checkpoint import save_checkpoint
 from vam_policy.model.decoder import ActionDecoder
 from vam_policy.model.flow import sample_beta
 from vam_policy.model.policy import VAMPolicy
+from vam_policy.model.policy_config import PolicyConfig
 from vam_policy.train.config import IdmTrainConfig, TauVSampling
 from vam_policy.train.distributed import init_distributed
 from vam_policy.train.latent_cache import LatentSource
@@ -32,6 +35,7 @@ from vam_policy.train.prepare import (
     CACHE_DIR,
     TrainResult,
     build_policy_config,
+    calibrate_random_vae,
     make_logger,
     open_latents,
     run_backbone,
@@ -90,7 +94,8 @@ class IdmStage:
         latents = self.source.latents(rows)  # [B, 16, T_hist + T_fut, h, w]
         history_t = self.policy.config.backbone.history_latent_frames
         index = torch.from_numpy(rows).to(self.policy.device)
-        return (latents[:, :, :history_t], latents[:, :, history_t:], self.source.text(rows),
+        future = latents[:, :, history_t:] if latents.shape[2] > history_t else None
+        return (latents[:, :, :history_t], future, self.source.text(rows),
                 self._proprio[index], self._actions[index])
 
     def loss(self, model: nn.Module, positions: np.ndarray,
@@ -139,6 +144,14 @@ class IdmStage:
         return save_checkpoint(self.policy, root / POLICY_DIR, self.embed_backbone)
 
 
+def needs_future(config: IdmTrainConfig, policy: PolicyConfig) -> bool:
+    """Whether training ever sees the future latents: not when tau_v is always 1 (pure noise,
+    the paper's default), in training and validation alike."""
+    eval_tau = policy.backbone.tau_v if config.eval_tau_v is None else config.eval_tau_v
+    always_noise = config.tau_v.kind == "fixed" and config.tau_v.value == 1.0
+    return not (always_noise and eval_tau == 1.0)
+
+
 def train_idm(
     dataset: str | Path,
     out: str | Path,
@@ -177,9 +190,12 @@ def train_idm(
         torch.manual_seed(config.loop.seed)
         policy = VAMPolicy.build(policy_config).to(dist.device)
         policy.backbone.requires_grad_(False).eval()
+        if is_preset(policy_config.backbone.source):
+            calibrate_random_vae(policy, data, log)
         source, report = open_latents(
             policy, data, config.data, use_cache=use_cache,
-            cache_dir=Path(cache_dir) if cache_dir else out / CACHE_DIR, dist=dist, log=log)
+            cache_dir=Path(cache_dir) if cache_dir else out / CACHE_DIR, dist=dist, log=log,
+            future=needs_future(config, policy_config))
         train_rows = source.table.rows(data.split("train"), with_actions=True)
         policy.stats = fit_norm_stats(data, source.table, train_rows, policy.actions)
         if embed_backbone is None:

@@ -5,7 +5,7 @@ Layout of a cache folder (format "vam-latent-cache", version 1):
     cache.json                 fingerprint (and its parts, to say what changed)
     episode_NNNNNN.safetensors per dataset episode, rows in anchor order:
                                  anchors  int64 [A]            anchor frame indices
-                                 latents  [A, 16, T', h, w]    history + future clip latents
+                                 latents  [A, 16, T', h, w]    history (+ future) clip latents
                                  state    float32 [A, J], targets float32 [A, H, J]
     text.safetensors           embeds [I, L, D], one row per instruction (metadata: the texts)
 
@@ -35,7 +35,7 @@ from torch import nn
 
 from vam_policy.data.dataset import DATASET_FILE, STATS_FILE, Dataset
 from vam_policy.data.episodes import Episode
-from vam_policy.model.backbone_config import LATENT_CHANNELS, torch_dtype
+from vam_policy.model.backbone_config import LATENT_CHANNELS, VAE_TEMPORAL_FACTOR, torch_dtype
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.train.distributed import Dist
 from vam_policy.train.samples import (
@@ -63,7 +63,7 @@ class LatentSource(Protocol):
     table: SampleTable
 
     def latents(self, rows: np.ndarray) -> torch.Tensor:
-        """`[B, 16, T_hist + T_fut, h, w]` float32 clip latents."""
+        """`[B, 16, T_hist + T_fut, h, w]` float32 clip latents (T_fut = 0 without future)."""
         ...
 
     def text(self, rows: np.ndarray) -> torch.Tensor:
@@ -102,8 +102,12 @@ def dataset_fingerprint(dataset: Dataset) -> str:
 
 
 def module_fingerprint(module: nn.Module) -> str:
-    """Hash of every weight: a changed VAE changes every latent."""
+    """Hash of every weight, and of a diffusers model's config (the VAE's latent statistics):
+    a changed VAE changes every latent."""
     digest = hashlib.sha256()
+    config = getattr(module, "config", None)
+    if config is not None:
+        digest.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
@@ -204,7 +208,8 @@ def prepare_cache(folder: Path, dataset: Dataset, spec: SampleSpec, policy: VAMP
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             changed = ("manifest",)
     bb = policy.config.backbone
-    expected_latents = (LATENT_CHANNELS, bb.latent_frames, *bb.latent_size)
+    frames = bb.history_latent_frames + spec.future_frames // VAE_TEMPORAL_FACTOR
+    expected_latents = (LATENT_CHANNELS, frames, *bb.latent_size)
     dtype = torch_dtype(cache_dtype)
     meta = {"format": FORMAT, "version": str(VERSION), "fingerprint": fingerprint}
     built = reused = corrupt = 0

@@ -9,6 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from vam_policy.data.dataset import Dataset
 from vam_policy.model.checkpoint import BACKBONE_DIR, read_manifest
 from vam_policy.model.policy import VAMPolicy
@@ -23,9 +26,12 @@ from vam_policy.train.latent_cache import (
     prepare_cache,
 )
 from vam_policy.train.loop import RUN_FILE
-from vam_policy.train.samples import SampleSpec
+from vam_policy.train.samples import SampleSpec, episode_clip
 
 CACHE_DIR = "latent_cache"
+CALIBRATION_CLIPS = 64
+"""History clips, spread over the train episodes, that set a random VAE's latent statistics."""
+CALIBRATION_CLIPS_PER_EPISODE = 8
 
 
 def resolve_backbone(source: str) -> str:
@@ -53,16 +59,18 @@ def build_policy_config(spec: PolicySpec, dataset: Dataset,
     """The policy `spec` describes, for the dataset's joints and cameras.
 
     `backbone` (the CLI's --backbone) wins over `spec.backbone`; the other backbone settings
-    (frame size, history, text encoder) stay the preset's, except that a local Cosmos folder
+    (history, text encoder) stay the preset's, except that a local Cosmos folder
     with `text_encoder/` and `tokenizer/` also supplies the T5 encoder, so an offline copy of
-    the hub repo needs no second download.
+    the hub repo needs no second download. Frame `height`/`width` overrides resize the
+    decoder's video-token grid with the backbone's.
     """
     overrides = {k: v for k, v in (("fps", spec.fps), ("action_dt", spec.action_dt)) if v}
     base = policy_preset(spec.preset, joint_names=dataset.joint_names,
                          cameras=len(dataset.camera_topics),
                          action_representation=spec.action_representation, **overrides)
     source = backbone or spec.backbone
-    bb_overrides = {k: v for k, v in (("read_layer", spec.read_layer), ("tau_v", spec.tau_v))
+    bb_overrides = {k: v for k, v in (("read_layer", spec.read_layer), ("tau_v", spec.tau_v),
+                                      ("height", spec.height), ("width", spec.width))
                     if v is not None}
     if source:
         bb_overrides["source"] = resolve_backbone(source)
@@ -71,11 +79,11 @@ def build_policy_config(spec: PolicySpec, dataset: Dataset,
             (folder / sub).is_dir() for sub in ("text_encoder", "tokenizer")
         ):
             bb_overrides["text_encoder_source"] = str(folder)
-    decoder = base.decoder
+    config = base.with_backbone(**bb_overrides)
     if spec.horizon is not None:
-        decoder = dataclasses.replace(decoder, horizon=spec.horizon)
-    return dataclasses.replace(
-        base, backbone=dataclasses.replace(base.backbone, **bb_overrides), decoder=decoder)
+        config = dataclasses.replace(
+            config, decoder=dataclasses.replace(config.decoder, horizon=spec.horizon))
+    return config
 
 
 def run_backbone(out: Path, backbone: str | None, resume: bool) -> str | None:
@@ -97,11 +105,36 @@ def make_logger(out: Path, dist: Dist) -> Callable[[str], None]:
     return log
 
 
+def calibrate_random_vae(policy: VAMPolicy, dataset: Dataset,
+                         log: Callable[[str], None]) -> None:
+    """Give a random-weight (preset) VAE latent statistics of the dataset's own frames.
+
+    A pretrained backbone keeps the statistics it ships with; this is its data-dependent
+    stand-in (see `VideoBackbone.calibrate_latents`). Deterministic, so every DDP rank and a
+    resumed run compute the same ones.
+    """
+    spec = SampleSpec.from_policy(policy.config, SampleConfig(), future=False)
+    train = dataset.split("train")
+    count = min(len(train), CALIBRATION_CLIPS // CALIBRATION_CLIPS_PER_EPISODE)
+    clips = []
+    for position in np.linspace(0, len(train) - 1, count).round().astype(np.int64):
+        episode = dataset.load_episode(int(train[position]))
+        anchors = np.linspace(0, len(episode.frame_times) - 1, CALIBRATION_CLIPS_PER_EPISODE)
+        clips += [policy.frames(episode_clip(episode, int(a), spec)) for a in anchors.round()]
+    batches = (torch.from_numpy(np.stack(clips[i:i + 8])).to(policy.device)
+               for i in range(0, len(clips), 8))
+    policy.backbone.calibrate_latents(batches)
+    log(f"random-weight VAE: latent statistics measured on {len(clips)} history clips")
+
+
 def open_latents(policy: VAMPolicy, dataset: Dataset, data: SampleConfig, *, use_cache: bool,
-                 cache_dir: Path, dist: Dist,
-                 log: Callable[[str], None]) -> tuple[LatentSource, CacheReport | None]:
-    """The latent cache (built or checked first), or live encoding with `use_cache=False`."""
-    spec = SampleSpec.from_policy(policy.config, data)
+                 cache_dir: Path, dist: Dist, log: Callable[[str], None],
+                 future: bool = True) -> tuple[LatentSource, CacheReport | None]:
+    """The latent cache (built or checked first), or live encoding with `use_cache=False`.
+
+    `future=False`: history latents only, which makes the cache 2-3x faster to build.
+    """
+    spec = SampleSpec.from_policy(policy.config, data, future)
     if not use_cache:
         return LiveLatents(dataset, spec, policy), None
     report = prepare_cache(cache_dir, dataset, spec, policy, data.cache_dtype, data.encode_batch,

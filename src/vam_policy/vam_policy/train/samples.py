@@ -47,10 +47,13 @@ class SampleSpec:
     pad_history: bool = True
 
     @classmethod
-    def from_policy(cls, config: PolicyConfig, data: SampleConfig) -> SampleSpec:
+    def from_policy(cls, config: PolicyConfig, data: SampleConfig,
+                    future: bool = True) -> SampleSpec:
+        """The samples of `config`'s policy; `future=False` leaves out the future frames (a
+        decoder that only ever sees tau_v = 1, pure noise, never needs them)."""
         return cls(
             history_frames=config.history_frames,
-            future_frames=VAE_TEMPORAL_FACTOR * config.backbone.future_latent_frames,
+            future_frames=VAE_TEMPORAL_FACTOR * config.backbone.future_latent_frames * future,
             fps=config.fps,
             horizon=config.horizon,
             action_dt=config.action_dt,

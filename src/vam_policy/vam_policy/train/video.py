@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from vam_policy.data.dataset import Dataset, load_dataset
 from vam_policy.model.backbone import VideoBackbone
+from vam_policy.model.backbone_config import is_preset
 from vam_policy.model.flow import sample_time
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.train.config import LoraSettings, VideoTrainConfig
@@ -32,6 +33,7 @@ from vam_policy.train.prepare import (
     CACHE_DIR,
     TrainResult,
     build_policy_config,
+    calibrate_random_vae,
     make_logger,
     open_latents,
     run_backbone,
@@ -174,6 +176,8 @@ def train_video(
         log = make_logger(out, dist)
         torch.manual_seed(config.loop.seed)  # same preset weights on every rank and on resume
         policy = VAMPolicy.build(policy_config).to(dist.device)
+        if is_preset(policy_config.backbone.source):
+            calibrate_random_vae(policy, data, log)
         source, report = open_latents(
             policy, data, config.data, use_cache=use_cache,
             cache_dir=Path(cache_dir) if cache_dir else out / CACHE_DIR, dist=dist, log=log)
