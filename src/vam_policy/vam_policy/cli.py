@@ -7,6 +7,7 @@ import sys
 
 from vam_policy.data.cli import add_dataset_commands
 from vam_policy.demo import add_demo_command
+from vam_policy.experiment import add_experiment_commands
 from vam_policy.ros.eval_cli import add_eval_commands
 from vam_policy.sim.cli import add_sim_commands
 from vam_policy.train.cli import add_train_commands
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sim_commands(verbs)
     add_eval_commands(verbs)
     add_demo_command(verbs)
+    add_experiment_commands(verbs)
     return parser
 
 

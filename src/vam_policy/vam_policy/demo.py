@@ -70,7 +70,7 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
                         f"{QUICK.eval_episodes} episodes of {QUICK.eval_time_s:g} s")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder, must be empty or new (default runs/demo-TIME)")
-    parser.add_argument("--tasks", type=_task_list, default=None, metavar="TASK[,TASK...]",
+    parser.add_argument("--tasks", type=task_list, default=None, metavar="TASK[,TASK...]",
                         help="sim tasks (default: all; with --quick: "
                         f"{','.join(QUICK.tasks)})")
     parser.add_argument("--seed", type=int, default=0,
@@ -86,7 +86,7 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_demo_command)
 
 
-def _task_list(text: str) -> list[str]:
+def task_list(text: str) -> list[str]:
     tasks = [task.strip() for task in text.split(",") if task.strip()]
     if not tasks:
         raise argparse.ArgumentTypeError("expected comma-separated task names")
@@ -140,28 +140,31 @@ def run_demo(plan: DemoPlan, out: Path, profile: Path, seed: int = 0) -> dict[st
 
     _header(1, f"record {plan.demos_per_task} scripted demo(s) per task in sim")
     tick = time.monotonic()
-    demos = _stage("record", lambda: _record(plan, out / "demos", profile, seed))
+    demos = run_guarded("record", lambda: record_demos(plan, out / "demos", profile, seed))
     timings["record_s"] = time.monotonic() - tick
 
     _header(2, "build the dataset")
     tick = time.monotonic()
-    dataset = _stage("dataset", lambda: _build(demos, out / "dataset", profile, seed))
+    dataset = run_guarded("dataset",
+                          lambda: build_demo_dataset(demos, out / "dataset", profile, seed))
     timings["dataset_s"] = time.monotonic() - tick
 
     _header(3, f"train stage 2 (idm:tiny, {plan.train_steps} steps on CPU)")
     tick = time.monotonic()
-    trained = _stage("train", lambda: _train(dataset, out / "train", plan.train_steps))
+    trained = run_guarded("train", lambda: _train(dataset, out / "train", plan.train_steps))
     timings["train_s"] = time.monotonic() - tick
 
     _header(4, "closed-loop evaluation over ROS 2 (vam_sim_node + vam_policy_node)")
     tick = time.monotonic()
-    results = _stage("eval", lambda: _evaluate(plan, trained.final, out / "eval", profile, seed))
+    results = run_guarded("eval", lambda: evaluate_checkpoint(plan, trained.final, out / "eval",
+                                                              profile, seed))
     timings["eval_s"] = time.monotonic() - tick
 
     _header(5, "summary")
     summary_png = out / "summary.png"
     plot_summary(trained.records, results["summary"], summary_png)
-    video = _stage("video", lambda: write_rollout_video(out / "eval" / "frames", out / "rollout"))
+    video = run_guarded("video",
+                        lambda: write_rollout_video(out / "eval" / "frames", out / "rollout"))
     timings["total_s"] = time.monotonic() - started
     (out / "demo.json").write_text(json.dumps({
         "plan": {**plan.__dict__, "tasks": list(plan.tasks)}, "seed": seed,
@@ -181,7 +184,7 @@ def run_demo(plan: DemoPlan, out: Path, profile: Path, seed: int = 0) -> dict[st
     return results
 
 
-def _stage(name: str, run: Any) -> Any:
+def run_guarded(name: str, run: Any) -> Any:
     """Run a stage; its expected failures become one DemoError naming the stage."""
     from vam_policy.ros.evaluation import EvalError
 
@@ -191,7 +194,7 @@ def _stage(name: str, run: Any) -> Any:
         raise DemoError(f"stage {name!r} failed: {error}") from error
 
 
-def _record(plan: DemoPlan, out: Path, profile: Path, seed: int) -> list[Path]:
+def record_demos(plan: DemoPlan, out: Path, profile: Path, seed: int) -> list[Path]:
     from vam_policy.sim.recording import record_demonstrations
 
     results = record_demonstrations(profile, plan.tasks, plan.demos_per_task, out, seed=seed)
@@ -201,7 +204,7 @@ def _record(plan: DemoPlan, out: Path, profile: Path, seed: int) -> list[Path]:
     return bags
 
 
-def _build(bags: Sequence[Path], out: Path, profile: Path, seed: int) -> Path:
+def build_demo_dataset(bags: Sequence[Path], out: Path, profile: Path, seed: int) -> Path:
     from vam_policy.data.dataset import build_dataset, describe
     from vam_policy.data.episodes import RecordingProfile
 
@@ -224,7 +227,7 @@ def _train(dataset: Path, out: Path, steps: int) -> Any:
     return result
 
 
-def _evaluate(plan: DemoPlan, checkpoint: Path, out: Path, profile: Path,
+def evaluate_checkpoint(plan: DemoPlan, checkpoint: Path, out: Path, profile: Path,
               seed: int) -> dict[str, Any]:
     from vam_policy.ros.evaluation import EvalOptions, run_evaluation
 

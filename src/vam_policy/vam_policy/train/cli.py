@@ -1,4 +1,4 @@
-"""`vam train idm|video`: the two training stages from the command line.
+"""`vam train vae|video|idm`: the training stages from the command line.
 
 Both run as one process or under `torchrun --nproc_per_node N` (DDP). A ValueError (bad
 config, dataset, run folder) is reported as one line on stderr, not a traceback.
@@ -30,29 +30,38 @@ def _common(parser: argparse.ArgumentParser, family: str) -> None:
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop after STEP with a checkpoint (for time-limited jobs); "
                         "--resume continues")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="run the VAE on every batch instead of caching latents")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="latent cache folder (default OUT/latent_cache); share it between "
-                        "runs on the same dataset and backbone")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda:LOCAL_RANK when CUDA is there), cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run the VAE on every batch instead of caching latents")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="latent cache folder (default OUT/latent_cache); share it between "
+                        "runs on the same dataset and backbone")
+
+
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add `train idm` and `train video` to a parser's subcommands."""
-    train = subparsers.add_parser("train", help="train the action decoder (idm) or fine-tune "
-                                  "the video backbone (video)")
+    """Add `train vae`, `train video` and `train idm` to a parser's subcommands."""
+    train = subparsers.add_parser("train", help="train the action decoder (idm), fine-tune "
+                                  "the video backbone (video) or a random preset's VAE (vae)")
     verbs = train.add_subparsers(dest="train_verb", required=True, metavar="STAGE")
     idm = verbs.add_parser("idm", help="stage 2: the action decoder on a frozen backbone")
     _common(idm, "idm")
+    _cache(idm)
     idm.add_argument("--embed-backbone", action="store_true", default=None,
                      help="copy the backbone into the checkpoints (default: only random presets)")
     idm.set_defaults(func=run_train_idm)
     video = verbs.add_parser("video", help="stage 1: LoRA on the backbone with the robot's videos")
     _common(video, "video")
+    _cache(video)
     video.set_defaults(func=run_train_video)
+    vae = verbs.add_parser("vae", help="stage 0 (CPU presets only): the VAE of a random-weight "
+                           "backbone learns the robot's frames")
+    _common(vae, "vae")
+    vae.set_defaults(func=run_train_vae)
 
 
 def _report(train: Callable[[], TrainResult]) -> int:
@@ -95,5 +104,19 @@ def run_train_video(args: argparse.Namespace) -> int:
                            steps=args.steps, resume=args.resume, use_cache=not args.no_cache,
                            cache_dir=args.cache_dir, device=args.device, stop_at=args.stop_at,
                            progress=not args.no_progress)
+
+    return _report(train)
+
+
+def run_train_vae(args: argparse.Namespace) -> int:
+    """`vam train vae`: prints the backbone folder when training finishes."""
+    from vam_policy.train.config import VaeTrainConfig, load_train_config
+    from vam_policy.train.vae import train_vae
+
+    def train() -> TrainResult:
+        config = load_train_config(args.config, VaeTrainConfig) if args.config else None
+        return train_vae(args.dataset, args.out, config, backbone=args.backbone,
+                         steps=args.steps, resume=args.resume, device=args.device,
+                         stop_at=args.stop_at, progress=not args.no_progress)
 
     return _report(train)

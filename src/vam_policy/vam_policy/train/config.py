@@ -28,6 +28,7 @@ PRESET_DIR_ENV = "VAM_TRAIN_CONFIG_DIR"
 """Overrides where the preset families (`idm.yaml`, `video.yaml`) are looked up."""
 TAU_V_KINDS = ("fixed", "uniform", "beta")
 CACHE_DTYPES = ("float32", "bfloat16")
+OBJECTIVES = ("video", "image")
 
 _C = TypeVar("_C")
 
@@ -253,10 +254,46 @@ class VideoTrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     time_sampling: TimeSamplingConfig = field(default_factory=TimeSamplingConfig)
     """Flow time of the future latents (the video's own flow-matching time)."""
+    objective: str = "video"
+    """"video": denoise the future frames given the clean history (the paper's stage 1).
+    "image": denoise single frames given only the text, a static-image prior on the same
+    frames and model (the baseline of the sample-efficiency experiment)."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            close = difflib.get_close_matches(self.objective, OBJECTIVES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"objective: expected one of {OBJECTIVES}, got "
+                              f"{self.objective!r}.{hint}")
 
 
-TrainConfig = IdmTrainConfig | VideoTrainConfig
-FAMILIES: dict[type, str] = {IdmTrainConfig: "idm", VideoTrainConfig: "video"}
+@dataclass(frozen=True)
+class VaeTrainConfig:
+    """Stage 0: the backbone's VAE learns the robot's frames as an autoencoder
+    (`vam train vae`), for presets whose VAE has random weights.
+
+    `policy` names the policy preset whose frame size and history the VAE is trained for.
+    """
+
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    clip_stride: int = 3
+    """Frames between the starts of consecutive training clips of an episode."""
+    kl_weight: float = 1e-4
+    """Weight of the posterior's KL divergence (per latent value) against the reconstruction
+    MSE (per pixel value, frames in [-1, 1])."""
+
+    def __post_init__(self) -> None:
+        if self.clip_stride < 1:
+            raise ConfigError(f"clip_stride: expected at least 1, got {self.clip_stride}")
+        if self.kl_weight < 0:
+            raise ConfigError(f"kl_weight: expected >= 0, got {self.kl_weight}")
+
+
+TrainConfig = IdmTrainConfig | VideoTrainConfig | VaeTrainConfig
+FAMILIES: dict[type, str] = {IdmTrainConfig: "idm", VideoTrainConfig: "video",
+                             VaeTrainConfig: "vae"}
 
 
 # ---- dicts <-> dataclasses -------------------------------------------------------------------

@@ -159,7 +159,7 @@ class TrainResult:
     finished: bool
     """All configured steps are done and the product was exported."""
     final: Path | None
-    """The policy checkpoint (stage 2) or backbone folder (stage 1)."""
+    """The policy checkpoint (stage 2) or backbone folder (stages 0 and 1)."""
     records: tuple[dict[str, float], ...]
     """Per-step and validation metrics (rank 0)."""
     cache: CacheReport | None

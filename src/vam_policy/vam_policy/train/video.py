@@ -7,6 +7,10 @@ on the future frames only. Actions are never used, so action-free episodes train
 LoRA adapters sit on the diffusers `CosmosTransformer3DModel` (rank, alpha and modules from
 the config); the product is a backbone folder with the LoRA merged into the transformer, in
 the `save_pretrained` layout, ready for `vam train idm --backbone`.
+
+`objective: image` trains the same model on single frames instead (no conditioning frame, the
+text alone): a static-image prior from the same frames, the baseline against which the
+sample-efficiency experiment measures what video pretraining adds.
 """
 
 from __future__ import annotations
@@ -92,6 +96,21 @@ class _VideoObjective(nn.Module):
         return F.mse_loss(velocity[:, :, history_t:].float(), (eps - future).float())
 
 
+class _ImageObjective(_VideoObjective):
+    """The same transformer's flow-matching loss on single frames with no conditioning frame:
+    a text-to-image prior, the static counterpart of `_VideoObjective`."""
+
+    def forward(self, image: Tensor, text: Tensor, tau: Tensor, eps: Tensor) -> Tensor:
+        batch, _, frames, height, width = image.shape  # frames = 1
+        t = tau.view(batch, 1, 1, 1, 1)
+        noisy = (1.0 - t) * image + t * eps  # [B, 16, 1, h, w]
+        dtype = self.backbone.transformer.dtype
+        velocity = self.backbone.denoise(
+            noisy.to(dtype), t.expand(batch, 1, frames, 1, 1).to(dtype), text,
+            image.new_zeros(batch, 1, frames, height, width, dtype=dtype))
+        return F.mse_loss(velocity.float(), (eps - image).float())
+
+
 class VideoStage:
     """The LoRA training step, validation and export for `run_stage`."""
 
@@ -100,7 +119,8 @@ class VideoStage:
     def __init__(self, policy: VAMPolicy, source: LatentSource, dataset: Dataset,
                  config: VideoTrainConfig) -> None:
         self.policy, self.source, self.config = policy, source, config
-        self.module = _VideoObjective(policy.backbone)
+        objective = _ImageObjective if config.objective == "image" else _VideoObjective
+        self.module = objective(policy.backbone)
         self.train_rows = source.table.rows(dataset.split("train"), with_actions=False)
         self.val_rows = source.table.rows(dataset.split("val"), with_actions=False)
         self.train_count = len(self.train_rows)
@@ -110,10 +130,15 @@ class VideoStage:
     def _loss(self, model: nn.Module, rows: np.ndarray, generator: torch.Generator) -> Tensor:
         latents = self.source.latents(rows)  # [B, 16, T_hist + T_fut, h, w]
         history_t = self.policy.config.backbone.history_latent_frames
-        history, future = latents[:, :, :history_t], latents[:, :, history_t:]
         device = self.policy.device
         tau = sample_time(self.config.time_sampling, len(rows), device=device,
                           generator=generator)
+        if self.config.objective == "image":
+            # The first latent of a causal clip is its oldest frame encoded on its own.
+            image = latents[:, :, :1]
+            eps = torch.randn(image.shape, device=device, generator=generator)
+            return model(image, self.source.text(rows), tau, eps)
+        history, future = latents[:, :, :history_t], latents[:, :, history_t:]
         eps = torch.randn(future.shape, device=device, generator=generator)
         return model(history, future, self.source.text(rows), tau, eps)
 

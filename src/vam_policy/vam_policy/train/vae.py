@@ -1,0 +1,170 @@
+"""Stage 0 (`vam train vae`): the backbone's VAE learns the robot's frames as an autoencoder.
+
+Cosmos-Predict2 ships Wan 2.1's VAE, trained on web video; its latents already say where
+things are. The tiny presets that run on a CPU have random weights instead, and a random VAE's
+latents barely tell one frame from the next, so no decoder can find a cube in them. This stage
+trains the VAE from scratch on the dataset's history clips (reconstruction MSE plus a small KL
+term; Wan's VAE adds GAN and perceptual losses, left out here), measures its latent statistics
+(`VideoBackbone.calibrate_latents`) and writes a backbone folder in the `save_pretrained`
+layout, its transformer untouched, for `vam train video` and `vam train idm --backbone`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vam_policy.data.dataset import Dataset, load_dataset
+from vam_policy.model.backbone import VideoBackbone
+from vam_policy.model.checkpoint import BACKBONE_DIR
+from vam_policy.model.policy import VAMPolicy
+from vam_policy.train.config import SampleConfig, VaeTrainConfig
+from vam_policy.train.distributed import init_distributed
+from vam_policy.train.loop import resolve_config, run_stage, start_run
+from vam_policy.train.prepare import (
+    CALIBRATION_CLIPS,
+    TrainResult,
+    build_policy_config,
+    make_logger,
+    run_backbone,
+    run_info,
+)
+from vam_policy.train.samples import SampleSpec, episode_clip
+
+
+class _Autoencoder(nn.Module):
+    """Reconstruction + KL loss of a clip batch through the VAE, as a forward for DDP."""
+
+    def __init__(self, backbone: VideoBackbone, kl_weight: float) -> None:
+        super().__init__()
+        self.vae = backbone.vae
+        self.kl_weight = kl_weight
+
+    def forward(self, clips: Tensor, eps: Tensor) -> Tensor:
+        posterior = self.vae.encode(clips).latent_dist
+        latents = posterior.mean + posterior.std * eps  # [B, 16, T', h, w]
+        reconstruction = self.vae.decode(latents).sample  # [B, 3, T, H, W]
+        kl = 0.5 * (posterior.mean.square() + posterior.var - 1.0 - posterior.logvar).mean()
+        return F.mse_loss(reconstruction.float(), clips.float()) + self.kl_weight * kl
+
+
+def _clips(policy: VAMPolicy, dataset: Dataset, split: str, stride: int) -> Tensor:
+    """History clips `[N, 3, T, H, W]` (float16, model-ready) starting every `stride` frames."""
+    spec = SampleSpec.from_policy(policy.config, SampleConfig(), future=False)
+    clips = []
+    for index in dataset.split(split):
+        episode = dataset.load_episode(int(index))
+        clips += [policy.frames(episode_clip(episode, anchor, spec))
+                  for anchor in range(0, len(episode.frame_times), stride)]
+    if not clips:
+        return torch.empty(0)
+    return torch.from_numpy(np.stack(clips)).half()
+
+
+class VaeStage:
+    """The autoencoder step, validation and export for `run_stage`."""
+
+    name = "vae"
+
+    def __init__(self, policy: VAMPolicy, dataset: Dataset, config: VaeTrainConfig) -> None:
+        self.policy, self.config = policy, config
+        policy.backbone.requires_grad_(False)
+        policy.backbone.vae.requires_grad_(True)
+        self.module = _Autoencoder(policy.backbone, config.kl_weight)
+        self.train_clips = _clips(policy, dataset, "train", config.clip_stride)
+        self.val_clips = _clips(policy, dataset, "val", config.clip_stride)
+        self.train_count = len(self.train_clips)
+        if self.train_count == 0:
+            raise ValueError("expected episodes in the dataset's train split, found none")
+
+    def _loss(self, model: nn.Module, clips: Tensor, generator: torch.Generator) -> Tensor:
+        device = self.policy.device
+        clips = clips.to(device, torch.float32)
+        bb = self.policy.config.backbone
+        eps = torch.randn((len(clips), 16, bb.history_latent_frames, *bb.latent_size),
+                          device=device, generator=generator)
+        return model(clips, eps)
+
+    def loss(self, model: nn.Module, positions: np.ndarray,
+             generator: torch.Generator) -> Tensor:
+        return self._loss(model, self.train_clips[torch.from_numpy(positions)], generator)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and reconstruction PSNR (dB, posterior mean) on evenly spread val clips."""
+        if len(self.val_clips) == 0:
+            return {}
+        loop = self.config.loop
+        count = min(len(self.val_clips), loop.eval_batches * loop.batch_size)
+        rows = np.unique(np.linspace(0, len(self.val_clips) - 1, count).round().astype(np.int64))
+        generator = torch.Generator(self.policy.device).manual_seed(loop.seed)
+        vae = self.policy.backbone.vae
+        loss_sum = mse_sum = 0.0
+        for chunk in np.array_split(rows, math.ceil(len(rows) / loop.batch_size)):
+            clips = self.val_clips[torch.from_numpy(chunk)]
+            loss_sum += float(self._loss(self.module, clips, generator)) * len(chunk)
+            clips = clips.to(self.policy.device, torch.float32)
+            mean = vae.encode(clips).latent_dist.mode()
+            mse_sum += float(F.mse_loss(vae.decode(mean).sample.float(), clips)) * len(chunk)
+        mse = mse_sum / len(rows)
+        # frames span [-1, 1]: peak-to-peak 2
+        return {"val_loss": loss_sum / len(rows), "val_psnr_db": 10 * math.log10(4.0 / mse)}
+
+    def save(self, folder: Path) -> None:
+        """Nothing beyond the training state, which holds the VAE's weights."""
+
+    def export(self, root: Path) -> Path:
+        backbone = self.policy.backbone.eval()
+        picks = np.linspace(0, self.train_count - 1, min(CALIBRATION_CLIPS, self.train_count))
+        clips = self.train_clips[torch.from_numpy(picks.round().astype(np.int64))]
+        backbone.calibrate_latents(clips[i:i + 8].to(self.policy.device, torch.float32)
+                                   for i in range(0, len(clips), 8))
+        folder = root / BACKBONE_DIR
+        backbone.save_pretrained(folder)
+        return folder
+
+
+def train_vae(
+    dataset: str | Path,
+    out: str | Path,
+    config: VaeTrainConfig | None = None,
+    *,
+    backbone: str | None = None,
+    steps: int | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the backbone's VAE on `dataset`'s frames; writes `out/backbone` at the end.
+
+    `backbone`: the backbone whose VAE trains (default: the config's preset, random weights);
+    the other arguments as `train_idm`'s.
+    """
+    dist = init_distributed(device)
+    try:
+        out = Path(out)
+        config = resolve_config(out, config, VaeTrainConfig, steps, resume)
+        data = load_dataset(dataset)
+        policy_config = build_policy_config(config.policy, data,
+                                            run_backbone(out, backbone, resume))
+        run = start_run(out, config, run_info("vae", data, policy_config), resume, dist)
+        log = make_logger(out, dist)
+        torch.manual_seed(config.loop.seed)  # same preset weights on every rank and on resume
+        policy = VAMPolicy.build(policy_config).to(dist.device)
+        stage = VaeStage(policy, data, config)
+        log(f"vae: {stage.train_count} train / {len(stage.val_clips)} val clips of "
+            f"{policy_config.history_frames} frames at {policy_config.backbone.height}x"
+            f"{policy_config.backbone.width}, {config.loop.steps} steps of "
+            f"{config.loop.batch_size} on {dist.world} process(es)")
+        result = run_stage(stage, run, config.loop, config.optim, dist, resume=resume,
+                           stop_at=stop_at, progress=progress, log=log)
+        return TrainResult(out, result.step, result.finished, result.final, result.records,
+                           None, stage.train_count)
+    finally:
+        dist.close()
