@@ -51,3 +51,13 @@ def test_quick_demo_closes_the_loop(processes: Processes, tmp_path: Path) -> Non
         assert path.is_file() and path.stat().st_size > 0, path
     assert Path(demo["video"]).suffix in (".mp4", ".gif")
     assert str(out / "summary.png") in stdout
+
+
+def test_a_backbone_that_is_neither_preset_nor_folder_is_refused(tmp_path: Path, capsys) -> None:
+    from vam_policy.cli import main
+
+    code = main(["demo", "--quick", "--backbone", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "demo")])
+    assert code == 2
+    assert "expected a backbone preset" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

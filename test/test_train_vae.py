@@ -23,7 +23,7 @@ from vam_policy.model.policy import VAMPolicy
 from vam_policy.model.policy_config import policy_preset
 from vam_policy.train.config import IdmTrainConfig, VaeTrainConfig, load_train_config
 from vam_policy.train.idm import train_idm
-from vam_policy.train.vae import VaeStage, train_vae
+from vam_policy.train.vae import VaeStage, reconstruction_error, train_vae
 
 torch.set_num_threads(1)
 TINY = load_train_config("vae:tiny", VaeTrainConfig)
@@ -32,6 +32,19 @@ TINY = load_train_config("vae:tiny", VaeTrainConfig)
 def _config(steps: int, every: int) -> VaeTrainConfig:
     loop = dataclasses.replace(TINY.loop, steps=steps, eval_every=every, save_every=every)
     return dataclasses.replace(TINY, loop=loop)
+
+
+def test_coloured_pixels_weigh_more_in_the_reconstruction_error() -> None:
+    """The same error on a saturated red pixel costs more than on a grey one, by the weight;
+    saturation_weight 0 is the plain mean squared error."""
+    target = torch.zeros(1, 3, 1, 1, 2)
+    target[0, :, 0, 0, 1] = torch.tensor([1.0, -1.0, -1.0])  # pixel 1: pure red
+    grey_miss, red_miss = target.clone(), target.clone()
+    grey_miss[0, :, 0, 0, 0] += 0.5
+    red_miss[0, :, 0, 0, 1] -= 0.5
+    grey, red = (reconstruction_error(r, target, 10.0) for r in (grey_miss, red_miss))
+    assert red / grey == pytest.approx(21.0)  # weights 1 + 10 * 2 against 1
+    assert reconstruction_error(red_miss, target, 0.0) == pytest.approx(0.75 / 6)
 
 
 @pytest.fixture(scope="module")

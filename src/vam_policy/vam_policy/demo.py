@@ -4,12 +4,15 @@
     vam demo --out runs/demo    # ~10 min on 2 CPU cores: every sim task
 
 Each stage is the function its own verb runs (`vam sim record`, `vam dataset build`,
-`vam train idm`, `vam eval`), called in this process. The tiny preset's video backbone has
-RANDOM weights, so the decoder learns from features of an untrained video model: the demo shows
-that the loop closes (the policy node's trajectories drive the sim over ROS 2 and success is
-checked), not what a pretrained Cosmos backbone reaches. Outputs: the stage folders, a summary
-PNG (training loss, validation action error, success per task) and an MP4 (or GIF) of the first
-evaluation episode, recorded from the camera topic during the closed loop.
+`vam train idm`, `vam eval`), called in this process. Stage 2 runs `idm:sim`: the tiny
+preset's architecture at 64x64. Its video backbone has RANDOM weights by default (no pretrained
+Cosmos weights can be downloaded here), so the demo shows that the loop closes (the policy
+node's trajectories drive the sim over ROS 2 and success is checked), not what a pretrained
+backbone reaches; `--backbone FOLDER` takes a pretrained one, e.g. what
+`scripts/train_sim_backbone` makes from action-free sim videos (stages 0 and 1). Outputs: the
+stage folders, a summary PNG (training loss, validation action error, success per task) and an
+MP4 (or GIF) of the first evaluation episode, recorded from the camera topic during the closed
+loop.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 EVAL_SEED_OFFSET = 1000  # evaluation layouts are seeds the demos never saw, as in `vam eval`
+TRAIN_PRESET = "idm:sim"
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     """Add `demo` to the `vam` parser."""
     parser = subparsers.add_parser(
         "demo", help="the whole loop without a GPU: record sim demos, build a dataset, train the "
-        "action decoder (tiny random-weight backbone), evaluate in closed loop over ROS 2")
+        "action decoder (tiny backbone, random weights unless --backbone), evaluate in closed "
+        "loop over ROS 2")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run (~2 min): {', '.join(QUICK.tasks)}, "
                         f"{QUICK.demos_per_task} demos, {QUICK.train_steps} steps, "
@@ -83,6 +88,9 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
                         help="evaluation episodes per task")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sim profile (default: the workspace's config/sim_panda.yaml)")
+    parser.add_argument("--backbone", default="tiny", metavar="SOURCE",
+                        help="video backbone for stage 2: a preset (random weights) or a "
+                        "backbone folder (default %(default)s)")
     parser.set_defaults(func=run_demo_command)
 
 
@@ -95,6 +103,7 @@ def task_list(text: str) -> list[str]:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """Exit 0 when the loop closed, 1 when a stage failed, 2 on bad arguments."""
+    from vam_policy.model.backbone_config import is_preset
     from vam_policy.sim.tasks import TASKS, get_task  # robosuite: not for `vam --help`
 
     plan = QUICK if args.quick else FULL
@@ -112,13 +121,16 @@ def run_demo_command(args: argparse.Namespace) -> int:
             raise ValueError("--demos, --steps and --episodes must be >= 1")
         if not Path(profile).is_file():
             raise ValueError(f"profile {profile} does not exist")
+        if not (is_preset(args.backbone) or Path(args.backbone).is_dir()):
+            raise ValueError(f"--backbone {args.backbone}: expected a backbone preset "
+                             "(e.g. tiny) or a folder")
         if out.exists() and any(out.iterdir()):
             raise ValueError(f"output folder {out} is not empty; give a new --out")
     except ValueError as error:
         print(f"vam demo: {error}", file=sys.stderr)
         return 2
     try:
-        run_demo(plan, out, Path(profile), args.seed)
+        run_demo(plan, out, Path(profile), args.seed, args.backbone)
     except DemoError as error:
         print(f"vam demo: {error}", file=sys.stderr)
         return 1
@@ -129,14 +141,23 @@ def _header(number: int, title: str) -> None:
     print(f"\n=== [{number}/5] {title} ===", flush=True)
 
 
-def run_demo(plan: DemoPlan, out: Path, profile: Path, seed: int = 0) -> dict[str, Any]:
-    """Run the five stages into `out`; returns the evaluation results. Raises DemoError."""
+def run_demo(plan: DemoPlan, out: Path, profile: Path, seed: int = 0,
+             backbone: str = "tiny") -> dict[str, Any]:
+    """Run the five stages into `out`; returns the evaluation results. Raises DemoError.
+
+    `backbone`: stage 2's video backbone, a preset (random weights) or a folder."""
+    from vam_policy.model.backbone_config import is_preset
+
     started = time.monotonic()
     timings: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
     print(f"vam demo: {len(plan.tasks)} task(s) {', '.join(plan.tasks)}; outputs in {out}")
-    print("note: the tiny preset's video backbone has RANDOM weights (no pretrained video "
-          "model, no GPU needed): expect a low success rate; the demo shows the loop closing.")
+    if is_preset(backbone):
+        print(f"note: video backbone {backbone!r} has RANDOM weights (no pretrained video "
+              "model, no GPU needed): expect a low success rate; the demo shows the loop "
+              "closing.")
+    else:
+        print(f"video backbone: {backbone}")
 
     _header(1, f"record {plan.demos_per_task} scripted demo(s) per task in sim")
     tick = time.monotonic()
@@ -149,9 +170,10 @@ def run_demo(plan: DemoPlan, out: Path, profile: Path, seed: int = 0) -> dict[st
                           lambda: build_demo_dataset(demos, out / "dataset", profile, seed))
     timings["dataset_s"] = time.monotonic() - tick
 
-    _header(3, f"train stage 2 (idm:tiny, {plan.train_steps} steps on CPU)")
+    _header(3, f"train stage 2 ({TRAIN_PRESET}, {plan.train_steps} steps on CPU)")
     tick = time.monotonic()
-    trained = run_guarded("train", lambda: _train(dataset, out / "train", plan.train_steps))
+    trained = run_guarded("train", lambda: _train(dataset, out / "train", plan.train_steps,
+                                                  backbone))
     timings["train_s"] = time.monotonic() - tick
 
     _header(4, "closed-loop evaluation over ROS 2 (vam_sim_node + vam_policy_node)")
@@ -216,12 +238,12 @@ def build_demo_dataset(bags: Sequence[Path], out: Path, profile: Path, seed: int
     return out
 
 
-def _train(dataset: Path, out: Path, steps: int) -> Any:
+def _train(dataset: Path, out: Path, steps: int, backbone: str) -> Any:
     from vam_policy.train.config import IdmTrainConfig, load_train_config
     from vam_policy.train.idm import train_idm
 
-    config = load_train_config("idm:tiny", IdmTrainConfig)
-    result = train_idm(dataset, out, config, steps=steps, device="cpu")
+    config = load_train_config(TRAIN_PRESET, IdmTrainConfig)
+    result = train_idm(dataset, out, config, backbone=backbone, steps=steps, device="cpu")
     if result.final is None:
         raise DemoError(f"training stopped at step {result.step} without a checkpoint")
     return result
@@ -269,7 +291,7 @@ def plot_summary(records: Sequence[dict[str, float]], summary: Sequence[dict[str
         loss_ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-",
                      color="tab:orange", label="validation")
     loss_ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log",
-                title="stage 2 loss (tiny random-weight backbone)")
+                title="stage 2 loss")
     loss_ax.legend()
     mae = [r for r in val if "val_action_mae_rad" in r]
     if mae:

@@ -281,14 +281,19 @@ class VaeTrainConfig:
     clip_stride: int = 3
     """Frames between the starts of consecutive training clips of an episode."""
     kl_weight: float = 1e-4
-    """Weight of the posterior's KL divergence (per latent value) against the reconstruction
-    MSE (per pixel value, frames in [-1, 1])."""
+    """Weight of the posterior's KL divergence (per latent value) against the squared
+    reconstruction error (per pixel value, frames in [-1, 1])."""
+    saturation_weight: float = 10.0
+    """Extra weight of a pixel's reconstruction error per unit of its colour saturation
+    (max - min over RGB, up to 2): small coloured objects on a grey scene keep their colour.
+    0: every pixel alike."""
 
     def __post_init__(self) -> None:
         if self.clip_stride < 1:
             raise ConfigError(f"clip_stride: expected at least 1, got {self.clip_stride}")
-        if self.kl_weight < 0:
-            raise ConfigError(f"kl_weight: expected >= 0, got {self.kl_weight}")
+        if self.kl_weight < 0 or self.saturation_weight < 0:
+            raise ConfigError(f"kl_weight and saturation_weight: expected >= 0, got "
+                              f"{self.kl_weight}, {self.saturation_weight}")
 
 
 TrainConfig = IdmTrainConfig | VideoTrainConfig | VaeTrainConfig

@@ -3,10 +3,13 @@
 Cosmos-Predict2 ships Wan 2.1's VAE, trained on web video; its latents already say where
 things are. The tiny presets that run on a CPU have random weights instead, and a random VAE's
 latents barely tell one frame from the next, so no decoder can find a cube in them. This stage
-trains the VAE from scratch on the dataset's history clips (reconstruction MSE plus a small KL
-term; Wan's VAE adds GAN and perceptual losses, left out here), measures its latent statistics
-(`VideoBackbone.calibrate_latents`) and writes a backbone folder in the `save_pretrained`
-layout, its transformer untouched, for `vam train video` and `vam train idm --backbone`.
+trains the VAE from scratch on the dataset's history clips: squared reconstruction error plus
+a small KL term (Wan's VAE adds perceptual and GAN losses, which need pretrained networks).
+Coloured pixels weigh more (`saturation_weight`): with a plain mean the small cubes that the
+instructions name by colour came back as grey blobs. The stage then measures the latent
+statistics (`VideoBackbone.calibrate_latents`) and writes a backbone folder in the
+`save_pretrained` layout, its transformer untouched, for `vam train video` and
+`vam train idm --backbone`.
 """
 
 from __future__ import annotations
@@ -40,17 +43,32 @@ from vam_policy.train.samples import SampleSpec, episode_clip
 class _Autoencoder(nn.Module):
     """Reconstruction + KL loss of a clip batch through the VAE, as a forward for DDP."""
 
-    def __init__(self, backbone: VideoBackbone, kl_weight: float) -> None:
+    def __init__(self, backbone: VideoBackbone, kl_weight: float,
+                 saturation_weight: float) -> None:
         super().__init__()
         self.vae = backbone.vae
         self.kl_weight = kl_weight
+        self.saturation_weight = saturation_weight
 
     def forward(self, clips: Tensor, eps: Tensor) -> Tensor:
         posterior = self.vae.encode(clips).latent_dist
         latents = posterior.mean + posterior.std * eps  # [B, 16, T', h, w]
         reconstruction = self.vae.decode(latents).sample  # [B, 3, T, H, W]
         kl = 0.5 * (posterior.mean.square() + posterior.var - 1.0 - posterior.logvar).mean()
-        return F.mse_loss(reconstruction.float(), clips.float()) + self.kl_weight * kl
+        return (reconstruction_error(reconstruction, clips, self.saturation_weight)
+                + self.kl_weight * kl)
+
+
+def reconstruction_error(reconstruction: Tensor, target: Tensor,
+                         saturation_weight: float) -> Tensor:
+    """Squared error of `[B, 3, T, H, W]` frames in [-1, 1], a weighted mean over pixels: each
+    weighs 1 + saturation_weight * its target's saturation (max - min over RGB: 0 for greys,
+    up to 2 for a pure colour)."""
+    target = target.float()
+    saturation = target.amax(dim=1, keepdim=True) - target.amin(dim=1, keepdim=True)
+    weight = 1.0 + saturation_weight * saturation  # [B, 1, T, H, W]
+    error = (reconstruction.float() - target).square()  # [B, 3, T, H, W]
+    return (weight * error).mean() / weight.mean()
 
 
 def _clips(policy: VAMPolicy, dataset: Dataset, split: str, stride: int) -> Tensor:
@@ -75,7 +93,7 @@ class VaeStage:
         self.policy, self.config = policy, config
         policy.backbone.requires_grad_(False)
         policy.backbone.vae.requires_grad_(True)
-        self.module = _Autoencoder(policy.backbone, config.kl_weight)
+        self.module = _Autoencoder(policy.backbone, config.kl_weight, config.saturation_weight)
         self.train_clips = _clips(policy, dataset, "train", config.clip_stride)
         self.val_clips = _clips(policy, dataset, "val", config.clip_stride)
         self.train_count = len(self.train_clips)
