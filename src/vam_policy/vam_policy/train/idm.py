@@ -195,7 +195,7 @@ def train_idm(
         source, report = open_latents(
             policy, data, config.data, use_cache=use_cache,
             cache_dir=Path(cache_dir) if cache_dir else out / CACHE_DIR, dist=dist, log=log,
-            future=needs_future(config, policy_config))
+            future=needs_future(config, policy_config), progress=progress)
         train_rows = source.table.rows(data.split("train"), with_actions=True)
         policy.stats = fit_norm_stats(data, source.table, train_rows, policy.actions)
         if embed_backbone is None:

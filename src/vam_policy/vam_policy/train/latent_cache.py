@@ -32,6 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+from tqdm import tqdm
 
 from vam_policy.data.dataset import DATASET_FILE, STATS_FILE, Dataset
 from vam_policy.data.episodes import Episode
@@ -191,10 +192,10 @@ def _check_episode_file(path: Path, fingerprint: str, expected: _Expected) -> st
 
 def prepare_cache(folder: Path, dataset: Dataset, spec: SampleSpec, policy: VAMPolicy,
                   cache_dtype: str, encode_batch: int, dist: Dist,
-                  log: Callable[[str], None]) -> CacheReport:
+                  log: Callable[[str], None], progress: bool = False) -> CacheReport:
     """Make `folder` hold valid latents for every episode and embeddings for every instruction.
 
-    Collective under DDP: every process must call it.
+    Collective under DDP: every process must call it. `progress`: a bar over rank 0's episodes.
     """
     folder.mkdir(parents=True, exist_ok=True)
     parts = cache_fingerprint(dataset, spec, policy, cache_dtype)
@@ -213,9 +214,10 @@ def prepare_cache(folder: Path, dataset: Dataset, spec: SampleSpec, policy: VAMP
     dtype = torch_dtype(cache_dtype)
     meta = {"format": FORMAT, "version": str(VERSION), "fingerprint": fingerprint}
     built = reused = corrupt = 0
-    for i, entry in enumerate(dataset.episodes):
-        if i % dist.world != dist.rank:
-            continue
+    mine = [i for i in range(len(dataset.episodes)) if i % dist.world == dist.rank]
+    for i in tqdm(mine, desc="latent cache", unit="episode", dynamic_ncols=True,
+                  disable=not (progress and dist.is_main)):
+        entry = dataset.episodes[i]
         expected = _Expected(anchor_frames(entry.frames, dataset.fps, spec), expected_latents,
                              len(dataset.joint_names), spec.horizon)
         path = folder / _episode_file(i)

@@ -129,7 +129,8 @@ def calibrate_random_vae(policy: VAMPolicy, dataset: Dataset,
 
 def open_latents(policy: VAMPolicy, dataset: Dataset, data: SampleConfig, *, use_cache: bool,
                  cache_dir: Path, dist: Dist, log: Callable[[str], None],
-                 future: bool = True) -> tuple[LatentSource, CacheReport | None]:
+                 future: bool = True,
+                 progress: bool = False) -> tuple[LatentSource, CacheReport | None]:
     """The latent cache (built or checked first), or live encoding with `use_cache=False`.
 
     `future=False`: history latents only, which makes the cache 2-3x faster to build.
@@ -138,7 +139,7 @@ def open_latents(policy: VAMPolicy, dataset: Dataset, data: SampleConfig, *, use
     if not use_cache:
         return LiveLatents(dataset, spec, policy), None
     report = prepare_cache(cache_dir, dataset, spec, policy, data.cache_dtype, data.encode_batch,
-                           dist, log)
+                           dist, log, progress)
     return LatentCache(cache_dir, dataset, policy.device), report
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from vam_policy.data.dataset import Dataset, load_dataset
 from vam_policy.model.backbone import VideoBackbone
@@ -71,11 +72,13 @@ def reconstruction_error(reconstruction: Tensor, target: Tensor,
     return (weight * error).mean() / weight.mean()
 
 
-def _clips(policy: VAMPolicy, dataset: Dataset, split: str, stride: int) -> Tensor:
+def _clips(policy: VAMPolicy, dataset: Dataset, split: str, stride: int,
+           progress: bool) -> Tensor:
     """History clips `[N, 3, T, H, W]` (float16, model-ready) starting every `stride` frames."""
     spec = SampleSpec.from_policy(policy.config, SampleConfig(), future=False)
     clips = []
-    for index in dataset.split(split):
+    for index in tqdm(dataset.split(split), desc=f"{split} clips", unit="episode",
+                      dynamic_ncols=True, disable=not progress):
         episode = dataset.load_episode(int(index))
         clips += [policy.frames(episode_clip(episode, anchor, spec))
                   for anchor in range(0, len(episode.frame_times), stride)]
@@ -89,13 +92,14 @@ class VaeStage:
 
     name = "vae"
 
-    def __init__(self, policy: VAMPolicy, dataset: Dataset, config: VaeTrainConfig) -> None:
+    def __init__(self, policy: VAMPolicy, dataset: Dataset, config: VaeTrainConfig,
+                 progress: bool = False) -> None:
         self.policy, self.config = policy, config
         policy.backbone.requires_grad_(False)
         policy.backbone.vae.requires_grad_(True)
         self.module = _Autoencoder(policy.backbone, config.kl_weight, config.saturation_weight)
-        self.train_clips = _clips(policy, dataset, "train", config.clip_stride)
-        self.val_clips = _clips(policy, dataset, "val", config.clip_stride)
+        self.train_clips = _clips(policy, dataset, "train", config.clip_stride, progress)
+        self.val_clips = _clips(policy, dataset, "val", config.clip_stride, progress)
         self.train_count = len(self.train_clips)
         if self.train_count == 0:
             raise ValueError("expected episodes in the dataset's train split, found none")
@@ -175,7 +179,7 @@ def train_vae(
         log = make_logger(out, dist)
         torch.manual_seed(config.loop.seed)  # same preset weights on every rank and on resume
         policy = VAMPolicy.build(policy_config).to(dist.device)
-        stage = VaeStage(policy, data, config)
+        stage = VaeStage(policy, data, config, progress and dist.is_main)
         log(f"vae: {stage.train_count} train / {len(stage.val_clips)} val clips of "
             f"{policy_config.history_frames} frames at {policy_config.backbone.height}x"
             f"{policy_config.backbone.width}, {config.loop.steps} steps of "

@@ -205,7 +205,8 @@ def train_video(
             calibrate_random_vae(policy, data, log)
         source, report = open_latents(
             policy, data, config.data, use_cache=use_cache,
-            cache_dir=Path(cache_dir) if cache_dir else out / CACHE_DIR, dist=dist, log=log)
+            cache_dir=Path(cache_dir) if cache_dir else out / CACHE_DIR, dist=dist, log=log,
+            progress=progress)
         trainable = add_lora(policy.backbone, config.lora)
         stage = VideoStage(policy, source, data, config)
         log(f"video: LoRA rank {config.lora.rank} ({trainable} parameters), "
