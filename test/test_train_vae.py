@@ -23,6 +23,7 @@ from vam_policy.model.policy import VAMPolicy
 from vam_policy.model.policy_config import policy_preset
 from vam_policy.train.config import IdmTrainConfig, VaeTrainConfig, load_train_config
 from vam_policy.train.idm import train_idm
+from vam_policy.train.latent_cache import module_fingerprint
 from vam_policy.train.vae import VaeStage, reconstruction_error, train_vae
 
 torch.set_num_threads(1)
@@ -45,6 +46,17 @@ def test_coloured_pixels_weigh_more_in_the_reconstruction_error() -> None:
     grey, red = (reconstruction_error(r, target, 10.0) for r in (grey_miss, red_miss))
     assert red / grey == pytest.approx(21.0)  # weights 1 + 10 * 2 against 1
     assert reconstruction_error(red_miss, target, 0.0) == pytest.approx(0.75 / 6)
+
+
+def test_cache_fingerprint_follows_latent_statistics_not_the_load_path(tmp_path: Path) -> None:
+    """Calibrated statistics change every cached latent; the folder a VAE came from does not."""
+    torch.manual_seed(0)
+    backbone = VideoBackbone.build(get_backbone_config("tiny"))
+    before = module_fingerprint(backbone.vae)
+    loaded = VideoBackbone.build(backbone.save_pretrained(tmp_path / "copy"))
+    assert module_fingerprint(loaded.vae) == before
+    backbone.vae.register_to_config(latents_std=[2.0] * 16)
+    assert module_fingerprint(backbone.vae) != before
 
 
 @pytest.fixture(scope="module")
