@@ -239,3 +239,17 @@ def _camera_msg(rgb: np.ndarray, stamp_s: float, encoding: CameraEncoding) -> ob
         header=_header(stamp_s), height=height, width=width, encoding=encoding,
         is_bigendian=0, step=width * 3, data=np.ascontiguousarray(pixels).reshape(-1),
     )
+
+
+def small_video_dataset(root: Path, profile: Path) -> Path:
+    """Three 1.5 s demos (one instruction, a third held out) built into `root / "dataset"`:
+    the training stages' shared tiny dataset; returns the dataset folder."""
+    from vam_policy.data.dataset import build_dataset
+    from vam_policy.data.episodes import EpisodeOptions, RecordingProfile
+
+    bags = [write_demo_bag(root / f"bag{i}", DemoSpec(duration_s=1.5, motion_offset=0.2 * i,
+                                                      seed=i)).path for i in range(3)]
+    dataset = build_dataset(bags, RecordingProfile.load(profile), root / "dataset",
+                            val_fraction=0.34, progress=False,
+                            options=EpisodeOptions(instruction="stack the cubes"))
+    return dataset.root

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bagtools import DemoSpec, write_demo_bag
+from bagtools import small_video_dataset
 from safetensors.torch import load_file
 
 from conftest import REPO_ROOT
-from vam_policy.data.dataset import build_dataset, load_dataset
-from vam_policy.data.episodes import EpisodeOptions, RecordingProfile
+from vam_policy.data.dataset import load_dataset
 from vam_policy.model.backbone import VideoBackbone
 from vam_policy.model.backbone_config import get_backbone_config
 from vam_policy.model.checkpoint import load_checkpoint
@@ -37,12 +36,8 @@ CONFIG = dataclasses.replace(TINY, loop=dataclasses.replace(TINY.loop, steps=6, 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three demos; the first train episode has no actions (all NaN), as a video-only one."""
-    root = tmp_path_factory.mktemp("video")
-    bags = [write_demo_bag(root / f"bag{i}", DemoSpec(duration_s=1.5, motion_offset=0.2 * i,
-                                                      seed=i)).path for i in range(3)]
-    profile = RecordingProfile.load(REPO_ROOT / "config" / "ur5e.yaml")
-    dataset = build_dataset(bags, profile, root / "dataset", val_fraction=0.34, progress=False,
-                            options=EpisodeOptions(instruction="stack the cubes"))
+    dataset = load_dataset(small_video_dataset(tmp_path_factory.mktemp("video"),
+                                               REPO_ROOT / "config" / "ur5e.yaml"))
     path = dataset.root / dataset.episodes[dataset.split("train")[0]].file
     with np.load(path) as data:
         arrays = dict(data)
