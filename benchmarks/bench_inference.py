@@ -75,7 +75,7 @@ def run(preset: str, device: str, repeats: int) -> dict[str, object]:
         lower=np.full(7, -2.8), upper=np.full(7, 2.8), max_velocity=np.full(7, 2.0),
         max_acceleration=np.full(7, 5.0), max_step_from_current=0.5,
     )
-    chunk = policy.decoder.sample(features, proprio, tau).cpu().numpy()[0]
+    chunk = policy.decoder.sample(features, proprio, tau, text=text).cpu().numpy()[0]
     rows = [
         _row("preprocess frames", _timed(lambda: policy.preprocess_frames(frames), repeats, dev)),
         _row("VAE encode history", _timed(lambda: backbone.encode_video(video), repeats, dev)),
@@ -88,7 +88,8 @@ def run(preset: str, device: str, repeats: int) -> dict[str, object]:
     ]
     for steps in (10, 5, 2, 1):
         rows.append(_row(f"decoder, {steps} flow steps", _timed(
-            lambda s=steps: policy.decoder.sample(features, proprio, tau, steps=s), repeats, dev)))
+            lambda s=steps: policy.decoder.sample(features, proprio, tau, steps=s, text=text),
+            repeats, dev)))
     rows.append(_row("safety filter", _timed(
         lambda: filter_targets(chunk, np.zeros(7), policy.config.action_dt, limits), repeats, dev)))
     rows.append(_row("predict() end to end", _timed(

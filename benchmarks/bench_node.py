@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from vam_policy.machine import describe_machine
 from vam_policy.ros.isolation import local_ros_env
 from vam_policy.ros.parameters import load_parameters_file
 
@@ -99,17 +99,7 @@ def analyse(events: list[dict[str, Any]], start: float, end: float) -> dict[str,
 
 
 def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "load_average": os.getloadavg()}
+    return {**describe_machine(), "load_average": os.getloadavg()}
 
 
 def main() -> int:

@@ -6,11 +6,13 @@ private `ROS_DOMAIN_ID` and a temporary `ROS_LOG_DIR`; nothing here imports rclp
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 class Processes:
-    """Starts processes in their own session and kills every one of them at teardown.
+    """Starts processes in their own session and kills every one of them at teardown
+    (`kill_all`, or leaving a `with` block).
 
     A ROS 2 process may ignore SIGINT while it waits in DDS, so teardown escalates to
     SIGKILL on the whole process group.
@@ -53,6 +56,12 @@ class Processes:
     def python(self, script: str | Path, *args: str) -> subprocess.Popen[str]:
         """Start `script` with this interpreter (the workspace's .venv)."""
         return self.start(sys.executable, script, *args)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill_all()
 
     def kill_all(self) -> None:
         for process in self._started:
@@ -88,6 +97,62 @@ class Lines:
             return list(self.items)
 
 
+class NodeAndPeer:
+    """A node under test and the peer process that watches it over DDS (test/peers/).
+
+    The peer prints one JSON event a line and takes JSON commands on stdin; every event
+    carries `recv` (when the peer got it), and the kinds in `STAMPED` also their message
+    `stamp`.
+    """
+
+    STAMPED: tuple[str, ...] = ()
+
+    def __init__(self, node: subprocess.Popen[str], peer: subprocess.Popen[str],
+                 parse: Callable[[str], dict[str, Any]] = json.loads) -> None:
+        self.node, self.peer = node, peer
+        self.node_log = Lines(node.stderr)  # type: ignore[arg-type]
+        Lines(node.stdout)  # type: ignore[arg-type]
+        self.received = Lines(peer.stdout, parse)  # type: ignore[arg-type]
+        self._next_id = 0
+
+    def events(self, kind: str, since: float = 0.0) -> list[dict[str, Any]]:
+        """Events of `kind` stamped (`STAMPED` kinds) or received (others) after `since`."""
+        key = "stamp" if kind in self.STAMPED else "recv"
+        return [e for e in self.received.snapshot()
+                if e["event"] == kind and e.get(key, e.get("t", 0.0)) > since]
+
+    def wait_for(self, kind: str, match: Callable[[dict[str, Any]], bool] = lambda e: True,
+                 since: float = 0.0, timeout: float = 10.0) -> dict[str, Any]:
+        """The first event of `kind` after `since` that `match`es; fails if the node exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.events(kind, since) if match(e)]
+            if found:
+                return found[0]
+            assert self.node.poll() is None, f"node exited: {''.join(self.node_log.items)}"
+            time.sleep(0.05)
+        raise AssertionError(f"no matching {kind} within {timeout} s; {self.timeout_detail(since)}"
+                             f"node log tail {self.node_log.snapshot()[-5:]}")
+
+    def timeout_detail(self, since: float) -> str:
+        """What `wait_for`'s timeout message adds before the node log (`...; `)."""
+        return ""
+
+    def command(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        """Send a command to the peer; return its ack or the node's reply."""
+        self._next_id += 1
+        ident = self._next_id
+        self.peer.stdin.write(json.dumps({"cmd": cmd, "id": ident, **fields}) + "\n")
+        self.peer.stdin.flush()
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            for event in self.received.snapshot():
+                if event["event"] in ("ack", "reply") and event["id"] == ident:
+                    return event
+            time.sleep(0.02)
+        raise AssertionError(f"no answer to {cmd} {fields}")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight policy for the sim_panda joints, saved once per session.
@@ -111,8 +176,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def processes() -> Iterator[Processes]:
     """Real child processes, killed (SIGINT, then SIGKILL) when the test ends."""
-    started = Processes()
-    try:
+    with Processes() as started:
         yield started
-    finally:
-        started.kill_all()
+
+
+@pytest.fixture(scope="module")
+def module_processes() -> Iterator[Processes]:
+    """`processes` for a module fixture's node run: killed when the test module ends."""
+    with Processes() as started:
+        yield started

@@ -235,6 +235,41 @@ def test_video_positions_let_the_decoder_tell_where_a_token_is() -> None:
         assert (moved > 1e-3) == sees_places, (video_grid, moved)
 
 
+def test_instruction_conditioning_steers_each_example_and_ignores_padding() -> None:
+    """With text_dim, a different instruction changes that example's velocity only; padding
+    tokens (all zero) do not count; without text_dim, the text is not read at all."""
+    torch.manual_seed(0)
+    x = inputs()
+    g = torch.Generator().manual_seed(2)
+    text = torch.randn(B, 4, 5, generator=g)
+    text[:, 3] = 0.0  # one padding token
+    args = {"x_tau": x["actions"], "tau_a": torch.full((B,), 0.5), "features": x["features"],
+            "proprio": x["proprio"], "tau_v": torch.full((B,), 0.2)}
+    model = randomize_zero_init(ActionDecoder(tiny(text_dim=5))).eval()
+    before = model.velocity(**args, text=text)
+    other = text.clone()
+    other[0, :3] = torch.randn(3, 5, generator=g)
+    after = model.velocity(**args, text=other)
+    assert (before[0] - after[0]).abs().max() > 1e-3
+    torch.testing.assert_close(before[1:], after[1:], rtol=1e-5, atol=1e-6)
+    unpadded = model.velocity(**args, text=text[:, :3])
+    torch.testing.assert_close(before, unpadded, rtol=1e-5, atol=1e-6)
+    blind = randomize_zero_init(ActionDecoder(tiny())).eval()
+    torch.testing.assert_close(blind.velocity(**args, text=text), blind.velocity(**args))
+
+
+def test_instruction_conditioned_decoder_demands_its_text() -> None:
+    model = ActionDecoder(tiny(text_dim=5))
+    x = inputs()
+    with pytest.raises(ValueError, match=r"conditioned on the instruction.*D=5"):
+        model.loss(x["features"], x["proprio"], x["actions"], x["tau_v"])
+    with pytest.raises(ValueError, match=r"text must have shape \[B=3, L, D=5\]"):
+        model.sample(x["features"], x["proprio"], x["tau_v"], steps=1,
+                     text=torch.zeros(B, 2, 4))
+    with pytest.raises(ValueError, match="text_dim must be an int >= 0"):
+        tiny(text_dim=-1)
+
+
 def test_video_grid_fixes_the_token_count_and_survives_json() -> None:
     config = tiny(video_grid=[2, 2, 1])
     assert config.video_grid == (2, 2, 1) and config.video_tokens == 4

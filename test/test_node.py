@@ -12,14 +12,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import PEERS, REPO_ROOT, Lines, Processes
+from conftest import PEERS, REPO_ROOT, NodeAndPeer, Processes
 from vam_policy.ros.parameters import load_parameters_file
 
 pytestmark = pytest.mark.ros
@@ -44,48 +43,17 @@ def _event(line: str) -> dict[str, Any]:
     return json.loads(line) if line.startswith("{") else {"event": "text", "text": line}
 
 
-class Robot:
-    """The feeder process: what the node published, and commands that inject faults."""
+class Robot(NodeAndPeer):
+    """The node and the feeder: what the node published, and commands that inject faults."""
 
-    def __init__(self, feeder: subprocess.Popen[str], node: subprocess.Popen[str]) -> None:
-        self.feeder, self.node = feeder, node
-        self.received = Lines(feeder.stdout, _event)  # type: ignore[arg-type]
-        self.node_log = Lines(node.stderr)  # type: ignore[arg-type]
-        Lines(node.stdout)  # type: ignore[arg-type]
-        self._next_id = 0
+    STAMPED = ("trajectory", "chunk")
 
-    def events(self, kind: str, since: float = 0.0) -> list[dict[str, Any]]:
-        """Events of `kind` stamped (trajectory, chunk) or received (others) after `since`."""
-        key = "stamp" if kind in ("trajectory", "chunk") else "recv"
-        return [e for e in self.received.snapshot()
-                if e["event"] == kind and e.get(key, e.get("t", 0.0)) > since]
+    def __init__(self, node: subprocess.Popen[str], feeder: subprocess.Popen[str]) -> None:
+        super().__init__(node, feeder, _event)
 
-    def wait_for(self, kind: str, match: Callable[[dict[str, Any]], bool] = lambda e: True,
-                 since: float = 0.0, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.events(kind, since) if match(e)]
-            if found:
-                return found[0]
-            assert self.node.poll() is None, f"node exited: {''.join(self.node_log.items)}"
-            time.sleep(0.05)
+    def timeout_detail(self, since: float) -> str:
         statuses = [(e["state"], e["last_fault"]) for e in self.events("status", since)][-5:]
-        raise AssertionError(f"no matching {kind} within {timeout} s; statuses {statuses}; "
-                             f"node log tail {self.node_log.snapshot()[-5:]}")
-
-    def command(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        """Send a command; return the feeder's ack or the node's reply to it."""
-        self._next_id += 1
-        ident = self._next_id
-        self.feeder.stdin.write(json.dumps({"cmd": cmd, "id": ident, **fields}) + "\n")
-        self.feeder.stdin.flush()
-        deadline = time.monotonic() + 15.0
-        while time.monotonic() < deadline:
-            for event in self.received.snapshot():
-                if event["event"] in ("ack", "reply") and event["id"] == ident:
-                    return event
-            time.sleep(0.02)
-        raise AssertionError(f"no answer to {cmd} {fields}")
+        return f"statuses {statuses}; "
 
     def ensure_running(self) -> None:
         """Resume if needed and wait until trajectories flow (each test starts from here)."""
@@ -143,7 +111,7 @@ def test_startup_errors_are_clear_and_exit_2(processes: Processes, tiny_checkpoi
 def test_without_checkpoint_the_node_idles_and_never_moves(processes: Processes) -> None:
     feeder = start_feeder(processes)
     node = start_node(processes, NODE_COMMAND, "start_paused:=false")
-    robot = Robot(feeder, node)
+    robot = Robot(node, feeder)
     idle = robot.wait_for("status", lambda e: e["state"] == IDLE, timeout=90.0)
     assert idle["checkpoint_id"] == ""
     reply = robot.command("trigger", service="resume")
@@ -168,18 +136,14 @@ def test_launch_file_describes_the_node() -> None:
 
 
 @pytest.fixture(scope="module")
-def robot(tiny_checkpoint: Path) -> Iterator[Robot]:
-    processes = Processes()
-    try:
-        feeder = start_feeder(processes)
-        node = start_node(
-            processes, NODE_COMMAND, f"checkpoint:={tiny_checkpoint}", "start_paused:=true",
-            "instruction:=stack the cubes", "image_width:=64", "image_height:=48",
-            "execute_steps:=8",
-        )
-        yield Robot(feeder, node)
-    finally:
-        processes.kill_all()
+def robot(tiny_checkpoint: Path, module_processes: Processes) -> Robot:
+    feeder = start_feeder(module_processes)
+    node = start_node(
+        module_processes, NODE_COMMAND, f"checkpoint:={tiny_checkpoint}", "start_paused:=true",
+        "instruction:=stack the cubes", "image_width:=64", "image_height:=48",
+        "execute_steps:=8",
+    )
+    return Robot(node, feeder)
 
 
 def test_starts_paused_then_follows_the_policy_safely_at_control_rate(robot: Robot) -> None:

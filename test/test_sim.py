@@ -18,6 +18,9 @@ from vam_policy.sim.experts import make_expert, run_expert_episode
 from vam_policy.sim.scene import CUBE_COLORS, CUBE_HALF_SIZE_M, TABLE_TOP_Z
 from vam_policy.sim.tasks import (
     MIN_CUBE_SPACING_M,
+    ROW_X,
+    ROW_X_JITTER_M,
+    START_Y_RANGE,
     TASKS,
     LiftTask,
     PushLeftTask,
@@ -124,20 +127,25 @@ def test_unknown_task_names_the_closest_ones() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_layouts_are_spaced_and_on_the_table(name: str) -> None:
-    """200 seeds: cubes never overlap, and a pushed cube always has a free lane to its left."""
+def test_layouts_are_spaced_and_shuffled_over_the_rows(name: str) -> None:
+    """200 seeds: no overlaps, a free lane for a pushed cube, every colour in every row."""
     task = get_task(name)
+    rows_seen: dict[str, set[int]] = {color: set() for color in CUBE_COLORS}
     for seed in range(200):
         poses = task.sample_layout(np.random.default_rng(seed))
         points = np.array([(p.x, p.y) for p in poses.values()])
         gaps = np.linalg.norm(points[:, None] - points[None, :], axis=-1)
         assert gaps[np.triu_indices(3, k=1)].min() >= MIN_CUBE_SPACING_M
-        assert np.all(np.abs(points) < 0.3)
+        assert np.all((START_Y_RANGE[0] <= points[:, 1]) & (points[:, 1] <= START_Y_RANGE[1]))
+        for color, pose in poses.items():
+            row = int(np.argmin(np.abs(np.array(ROW_X) - pose.x)))
+            assert abs(pose.x - ROW_X[row]) <= ROW_X_JITTER_M
+            rows_seen[color].add(row)
         if isinstance(task, PushLeftTask):
             pushed = poses[task.cube]
             for color, pose in poses.items():
-                lane = pushed.y - task.corridor_ahead_m < pose.y < pushed.y
-                assert color == task.cube or not (lane and abs(pose.x - pushed.x) < 0.05)
+                assert color == task.cube or abs(pose.x - pushed.x) > 0.08
+    assert all(len(rows) == len(ROW_X) for rows in rows_seen.values())
 
 
 def test_success_checks_follow_the_instruction() -> None:

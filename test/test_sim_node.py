@@ -6,17 +6,14 @@ through ~/reset, so the tests do not depend on each other's motions.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import PEERS, REPO_ROOT, Lines, Processes
+from conftest import PEERS, REPO_ROOT, NodeAndPeer, Processes
 from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
 from vam_policy.ros.sim_parameters import load_sim_settings
 from vam_policy.sim.scene import ARM_JOINTS
@@ -58,47 +55,10 @@ def test_bad_parameters_stop_the_node_with_exit_2(processes: Processes) -> None:
         assert fragment in err, (fragment, err)
 
 
-class Sim:
+class Sim(NodeAndPeer):
     """The node and the probe: what the node published, and commands sent through the probe."""
 
-    def __init__(self, node: subprocess.Popen[str], probe: subprocess.Popen[str]) -> None:
-        self.node, self.probe = node, probe
-        self.node_log = Lines(node.stderr)  # type: ignore[arg-type]
-        Lines(node.stdout)  # type: ignore[arg-type]
-        self.received = Lines(probe.stdout, json.loads)  # type: ignore[arg-type]
-        self._next_id = 0
-
-    def events(self, kind: str, since: float = 0.0) -> list[dict[str, Any]]:
-        """Events of `kind` stamped (images, joints) or received (others) after `since`."""
-        key = "stamp" if kind in ("image", "joints") else "recv"
-        return [e for e in self.received.snapshot()
-                if e["event"] == kind and e.get(key, e.get("t", 0.0)) > since]
-
-    def wait_for(self, kind: str, match: Callable[[dict[str, Any]], bool] = lambda e: True,
-                 since: float = 0.0, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.events(kind, since) if match(e)]
-            if found:
-                return found[0]
-            assert self.node.poll() is None, f"node exited: {''.join(self.node_log.items)}"
-            time.sleep(0.05)
-        raise AssertionError(f"no matching {kind} within {timeout} s; node log tail "
-                             f"{self.node_log.snapshot()[-5:]}")
-
-    def command(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        """Send a command to the probe; return its ack or the node's reply."""
-        self._next_id += 1
-        ident = self._next_id
-        self.probe.stdin.write(json.dumps({"cmd": cmd, "id": ident, **fields}) + "\n")
-        self.probe.stdin.flush()
-        deadline = time.monotonic() + 15.0
-        while time.monotonic() < deadline:
-            for event in self.received.snapshot():
-                if event["event"] in ("ack", "reply") and event["id"] == ident:
-                    return event
-            time.sleep(0.02)
-        raise AssertionError(f"no answer to {cmd} {fields}")
+    STAMPED = ("image", "joints")
 
     def new_episode(self, task: str, seed: int) -> tuple[float, np.ndarray]:
         """Reset; return the reset time and the first joint positions after it."""
@@ -113,20 +73,16 @@ class Sim:
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[Sim]:
-    processes = Processes()
-    try:
-        node = processes.start(*NODE)
-        probe = processes.start(
-            sys.executable, PEERS / "arm_probe.py", "--camera-topic", SIM.camera_topic,
-            "--joint-states-topic", SIM.joint_states_topic,
-            "--trajectory-topic", SIM.trajectory_topic, stdin=subprocess.PIPE,
-        )
-        robot = Sim(node, probe)
-        robot.wait_for("episode", timeout=90.0)
-        yield robot
-    finally:
-        processes.kill_all()
+def sim(module_processes: Processes) -> Sim:
+    node = module_processes.start(*NODE)
+    probe = module_processes.start(
+        sys.executable, PEERS / "arm_probe.py", "--camera-topic", SIM.camera_topic,
+        "--joint-states-topic", SIM.joint_states_topic,
+        "--trajectory-topic", SIM.trajectory_topic, stdin=subprocess.PIPE,
+    )
+    robot = Sim(node, probe)
+    robot.wait_for("episode", timeout=90.0)
+    return robot
 
 
 def test_reset_then_camera_and_joint_states_in_real_time(sim: Sim) -> None:

@@ -1,18 +1,26 @@
-"""`vam demo`: the whole loop on one machine, no GPU: demos -> dataset -> stage 2 -> closed loop.
+"""`vam demo`: the simulated Panda in closed loop over ROS 2, on one machine with no GPU.
 
-    vam demo --quick            # ~2 min: one task, two demos, 150 steps, two short episodes
-    vam demo --out runs/demo    # ~10 min on 2 CPU cores: every sim task
+    vam demo                    # <= ~10 min: the shipped checkpoint, 9 episodes of each sim task
+    vam demo --checkpoint DIR   # the same evaluation for a policy checkpoint of yours
+    vam demo --train            # ~10 min: the whole loop from scratch, every sim task
+    vam demo --quick            # ~2 min: the whole loop, one task, two demos, 150 steps
 
-Each stage is the function its own verb runs (`vam sim record`, `vam dataset build`,
-`vam train idm`, `vam eval`), called in this process. Stage 2 runs `idm:sim`: the tiny
-preset's architecture at 64x64. Its video backbone has RANDOM weights by default (no pretrained
-Cosmos weights can be downloaded here), so the demo shows that the loop closes (the policy
-node's trajectories drive the sim over ROS 2 and success is checked), not what a pretrained
-backbone reaches; `--backbone FOLDER` takes a pretrained one, e.g. what
-`scripts/train_sim_backbone` makes from action-free sim videos (stages 0 and 1). Outputs: the
-stage folders, a summary PNG (training loss, validation action error, success per task) and an
-MP4 (or GIF) of the first evaluation episode, recorded from the camera topic during the closed
-loop.
+By default the demo evaluates `models/sim_panda/policy`, which `scripts/train_demo_checkpoint`
+trained with this same code on more demos and steps than fit in the demo's time, on seeded
+layouts its demos never saw (episodes run in real time, 10 s at most), and says how it was
+trained (`training.json` next to it); see `demo_checkpoint`.
+
+`--train` and `--quick` run the whole loop instead: demos -> dataset -> stage 2 -> closed loop,
+each stage the function its own verb runs (`vam sim record`, `vam dataset build`,
+`vam train idm`, `vam eval`), called in this process. Stage 2 runs `idm:sim`: the tiny preset's
+architecture at 64x64. Its video backbone has RANDOM weights by default (no pretrained Cosmos
+weights can be downloaded here), so these runs show that the loop closes rather than what a
+trained policy reaches; `--backbone FOLDER` takes a pretrained one, e.g. what
+`scripts/train_sim_backbone` makes from action-free sim videos (stages 0 and 1).
+
+Outputs in every mode: the evaluation folder, a summary PNG (training loss, validation action
+error, success per task), an MP4 (or GIF) of the first evaluation episode, recorded from the
+camera topic during the closed loop, and demo.json.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ QUICK = DemoPlan(tasks=("lift_red",), demos_per_task=2, train_steps=150, eval_ep
 # not get there.
 FULL = DemoPlan(tasks=(), demos_per_task=16, train_steps=3000, eval_episodes=3,
                 eval_time_s=None)
+TRAIN_BACKBONE = "tiny"  # --train and --quick: random weights unless --backbone
+CHECKPOINT_EPISODES = 9  # per task when evaluating a checkpoint: 54 over the six sim tasks
 
 
 class DemoError(RuntimeError):
@@ -66,11 +76,25 @@ def default_profile() -> Path:
 def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     """Add `demo` to the `vam` parser."""
     parser = subparsers.add_parser(
-        "demo", help="the whole loop without a GPU: record sim demos, build a dataset, train the "
-        "action decoder (tiny backbone, random weights unless --backbone), evaluate in closed "
-        "loop over ROS 2")
+        "demo", help="the simulated arm in closed loop over ROS 2, no GPU: evaluate the "
+        "checkpoint the project ships (or --checkpoint), or run the whole loop from scratch "
+        "(--train, --quick): record sim demos, build a dataset, train the action decoder, "
+        "evaluate",
+        description="Without --train or --quick: evaluate a trained policy checkpoint (default: "
+        "models/sim_panda/policy, made by scripts/train_demo_checkpoint) in closed loop on "
+        f"{CHECKPOINT_EPISODES} seeded episodes of each sim task. --train: the whole loop from "
+        "scratch (record scripted demos, build a dataset, train stage 2, evaluate). --quick: "
+        "the same, small. Every mode writes the success per task, a summary PNG and a rollout "
+        "video.")
+    parser.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
+                        help="policy checkpoint to evaluate (default: the one the project "
+                        "ships, models/sim_panda/policy); metrics.jsonl and training.json in "
+                        "the folder above it are read when there")
+    parser.add_argument("--train", action="store_true",
+                        help=f"the whole loop from scratch: {FULL.demos_per_task} demos a task, "
+                        f"{FULL.train_steps} steps, {FULL.eval_episodes} episodes a task")
     parser.add_argument("--quick", action="store_true",
-                        help=f"a smoke run (~2 min): {', '.join(QUICK.tasks)}, "
+                        help=f"the whole loop as a smoke run (~2 min): {', '.join(QUICK.tasks)}, "
                         f"{QUICK.demos_per_task} demos, {QUICK.train_steps} steps, "
                         f"{QUICK.eval_episodes} episodes of {QUICK.eval_time_s:g} s")
     parser.add_argument("--out", type=Path, default=None,
@@ -79,18 +103,20 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
                         help="sim tasks (default: all; with --quick: "
                         f"{','.join(QUICK.tasks)})")
     parser.add_argument("--seed", type=int, default=0,
-                        help="first demo seed; evaluation uses seeds from "
-                        f"SEED+{EVAL_SEED_OFFSET} (default %(default)s)")
-    parser.add_argument("--demos", type=int, default=None, metavar="N",
-                        help="demos per task (default: the mode's)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps")
+                        help=f"evaluation uses seeds from SEED+{EVAL_SEED_OFFSET}; with "
+                        "--train, --quick the demos from SEED (default %(default)s)")
     parser.add_argument("--episodes", type=int, default=None, metavar="N",
-                        help="evaluation episodes per task")
+                        help=f"evaluation episodes per task (default {CHECKPOINT_EPISODES}; "
+                        f"with --train {FULL.eval_episodes}, with --quick {QUICK.eval_episodes})")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sim profile (default: the workspace's config/sim_panda.yaml)")
-    parser.add_argument("--backbone", default="tiny", metavar="SOURCE",
-                        help="video backbone for stage 2: a preset (random weights) or a "
-                        "backbone folder (default %(default)s)")
+    parser.add_argument("--demos", type=int, default=None, metavar="N",
+                        help="--train, --quick: demos per task (default: the mode's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="--train, --quick: training steps (default: the mode's)")
+    parser.add_argument("--backbone", default=None, metavar="SOURCE",
+                        help="--train, --quick: video backbone for stage 2, a preset (random "
+                        f"weights) or a backbone folder (default {TRAIN_BACKBONE})")
     parser.set_defaults(func=run_demo_command)
 
 
@@ -102,47 +128,63 @@ def task_list(text: str) -> list[str]:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    """Exit 0 when the loop closed, 1 when a stage failed, 2 on bad arguments."""
-    from vam_policy.model.backbone_config import is_preset
-    from vam_policy.sim.tasks import TASKS, get_task  # robosuite: not for `vam --help`
+    """Exit 0 when the loop closed, 1 when a stage failed or the shipped checkpoint is
+    missing, 2 on bad arguments."""
+    from vam_policy.demo_checkpoint import checkpoint_plan, run_checkpoint_demo
 
-    plan = QUICK if args.quick else FULL
-    overrides = {key: value for key, value in (
-        ("tasks", tuple(args.tasks) if args.tasks else None), ("demos_per_task", args.demos),
-        ("train_steps", args.steps), ("eval_episodes", args.episodes)) if value is not None}
-    plan = replace(plan, **overrides)
-    plan = replace(plan, tasks=plan.tasks or tuple(sorted(TASKS)))
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    profile = args.profile or default_profile()
+    profile = Path(args.profile or default_profile())
     try:
-        for task in plan.tasks:
-            get_task(task)
-        if min(plan.demos_per_task, plan.train_steps, plan.eval_episodes) < 1:
-            raise ValueError("--demos, --steps and --episodes must be >= 1")
-        if not Path(profile).is_file():
+        plan = training_plan(args) if args.train or args.quick else checkpoint_plan(args)
+        if not profile.is_file():
             raise ValueError(f"profile {profile} does not exist")
-        if not (is_preset(args.backbone) or Path(args.backbone).is_dir()):
-            raise ValueError(f"--backbone {args.backbone}: expected a backbone preset "
-                             "(e.g. tiny) or a folder")
         if out.exists() and any(out.iterdir()):
             raise ValueError(f"output folder {out} is not empty; give a new --out")
     except ValueError as error:
         print(f"vam demo: {error}", file=sys.stderr)
         return 2
     try:
-        run_demo(plan, out, Path(profile), args.seed, args.backbone)
+        if isinstance(plan, DemoPlan):
+            run_demo(plan, out, profile, args.seed, args.backbone or TRAIN_BACKBONE)
+        else:
+            run_checkpoint_demo(plan, out, profile, args.seed)
     except DemoError as error:
         print(f"vam demo: {error}", file=sys.stderr)
         return 1
     return 0
 
 
-def _header(number: int, title: str) -> None:
-    print(f"\n=== [{number}/5] {title} ===", flush=True)
+def training_plan(args: argparse.Namespace) -> DemoPlan:
+    """What --train or --quick runs, from the flags; ValueError on a bad one."""
+    from vam_policy.model.backbone_config import is_preset
+    from vam_policy.sim.tasks import TASKS, get_task  # robosuite: not for `vam --help`
+
+    if args.checkpoint is not None:
+        raise ValueError("--checkpoint evaluates a trained policy, --train and --quick train "
+                         "one from scratch: give one or the other")
+    plan = QUICK if args.quick else FULL
+    overrides = {key: value for key, value in (
+        ("tasks", tuple(args.tasks) if args.tasks else None), ("demos_per_task", args.demos),
+        ("train_steps", args.steps), ("eval_episodes", args.episodes)) if value is not None}
+    plan = replace(plan, **overrides)
+    plan = replace(plan, tasks=plan.tasks or tuple(sorted(TASKS)))
+    for task in plan.tasks:
+        get_task(task)
+    if min(plan.demos_per_task, plan.train_steps, plan.eval_episodes) < 1:
+        raise ValueError("--demos, --steps and --episodes must be >= 1")
+    backbone = args.backbone or TRAIN_BACKBONE
+    if not (is_preset(backbone) or Path(backbone).is_dir()):
+        raise ValueError(f"--backbone {backbone}: expected a backbone preset (e.g. tiny) or a "
+                         "folder")
+    return plan
+
+
+def header(number: int, total: int, title: str) -> None:
+    print(f"\n=== [{number}/{total}] {title} ===", flush=True)
 
 
 def run_demo(plan: DemoPlan, out: Path, profile: Path, seed: int = 0,
-             backbone: str = "tiny") -> dict[str, Any]:
+             backbone: str = TRAIN_BACKBONE) -> dict[str, Any]:
     """Run the five stages into `out`; returns the evaluation results. Raises DemoError.
 
     `backbone`: stage 2's video backbone, a preset (random weights) or a folder."""
@@ -151,7 +193,8 @@ def run_demo(plan: DemoPlan, out: Path, profile: Path, seed: int = 0,
     started = time.monotonic()
     timings: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
-    print(f"vam demo: {len(plan.tasks)} task(s) {', '.join(plan.tasks)}; outputs in {out}")
+    print(f"vam demo: the whole loop from scratch, {len(plan.tasks)} task(s) "
+          f"{', '.join(plan.tasks)}; outputs in {out}")
     if is_preset(backbone):
         print(f"note: video backbone {backbone!r} has RANDOM weights (no pretrained video "
               "model, no GPU needed): expect a low success rate; the demo shows the loop "
@@ -159,44 +202,33 @@ def run_demo(plan: DemoPlan, out: Path, profile: Path, seed: int = 0,
     else:
         print(f"video backbone: {backbone}")
 
-    _header(1, f"record {plan.demos_per_task} scripted demo(s) per task in sim")
+    header(1, 5, f"record {plan.demos_per_task} scripted demo(s) per task in sim")
     tick = time.monotonic()
     demos = run_guarded("record", lambda: record_demos(plan, out / "demos", profile, seed))
     timings["record_s"] = time.monotonic() - tick
 
-    _header(2, "build the dataset")
+    header(2, 5, "build the dataset")
     tick = time.monotonic()
     dataset = run_guarded("dataset",
                           lambda: build_demo_dataset(demos, out / "dataset", profile, seed))
     timings["dataset_s"] = time.monotonic() - tick
 
-    _header(3, f"train stage 2 ({TRAIN_PRESET}, {plan.train_steps} steps on CPU)")
+    header(3, 5, f"train stage 2 ({TRAIN_PRESET}, {plan.train_steps} steps on CPU)")
     tick = time.monotonic()
     trained = run_guarded("train", lambda: _train(dataset, out / "train", plan.train_steps,
                                                   backbone))
     timings["train_s"] = time.monotonic() - tick
 
-    _header(4, "closed-loop evaluation over ROS 2 (vam_sim_node + vam_policy_node)")
+    header(4, 5, "closed-loop evaluation over ROS 2 (vam_sim_node + vam_policy_node)")
     tick = time.monotonic()
     results = run_guarded("eval", lambda: evaluate_checkpoint(plan, trained.final, out / "eval",
                                                               profile, seed))
     timings["eval_s"] = time.monotonic() - tick
 
-    _header(5, "summary")
-    summary_png = out / "summary.png"
-    plot_summary(trained.records, results["summary"], summary_png)
-    video = run_guarded("video",
-                        lambda: write_rollout_video(out / "eval" / "frames", out / "rollout"))
-    timings["total_s"] = time.monotonic() - started
-    (out / "demo.json").write_text(json.dumps({
+    header(5, 5, "summary")
+    summary_png, video = write_outputs(out, results, trained.records, {
         "plan": {**plan.__dict__, "tasks": list(plan.tasks)}, "seed": seed,
-        "timings": timings, "summary": results["summary"], "summary_png": str(summary_png),
-        "video": str(video), "results": str(out / "eval" / "results.json"),
-    }, indent=2) + "\n", encoding="utf-8")
-    _check_loop_closed(results)
-    for row in results["summary"]:
-        print(f"  {row['task']:<18} {row['successes']}/{row['episodes']} solved "
-              f"({100 * row['success_rate']:.0f}%)")
+        "backbone": backbone, "checkpoint": str(trained.final)}, timings, started)
     print(f"\nvam demo: loop closed in {timings['total_s']:.0f} s ("
           + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items() if k != "total_s")
           + ")")
@@ -204,6 +236,29 @@ def run_demo(plan: DemoPlan, out: Path, profile: Path, seed: int = 0,
           f"  summary     {summary_png}\n  rollout     {video}\n"
           f"  checkpoint  {trained.final}\n  train log   {out / 'train' / 'train.log'}")
     return results
+
+
+def write_outputs(out: Path, results: dict[str, Any], records: Sequence[dict[str, float]],
+                  info: dict[str, Any], timings: dict[str, float],
+                  started: float) -> tuple[Path, Path]:
+    """Write the summary PNG, the rollout video and demo.json (`info`, `timings` with
+    `total_s` added, the results' summary), then print the success per task; returns the PNG
+    and the video. Raises DemoError when the loop did not close."""
+    summary_png = out / "summary.png"
+    plot_summary(records, results["summary"], summary_png)
+    video = run_guarded("video",
+                        lambda: write_rollout_video(out / "eval" / "frames", out / "rollout"))
+    timings["total_s"] = time.monotonic() - started
+    (out / "demo.json").write_text(json.dumps({
+        **info, "timings": timings, "summary": results["summary"],
+        "summary_png": str(summary_png), "video": str(video),
+        "results": str(out / "eval" / "results.json"),
+    }, indent=2) + "\n", encoding="utf-8")
+    _check_loop_closed(results)
+    for row in results["summary"]:
+        print(f"  {row['task']:<18} {row['successes']}/{row['episodes']} solved "
+              f"({100 * row['success_rate']:.0f}%)")
+    return summary_png, video
 
 
 def run_guarded(name: str, run: Any) -> Any:
@@ -250,13 +305,20 @@ def _train(dataset: Path, out: Path, steps: int, backbone: str) -> Any:
 
 
 def evaluate_checkpoint(plan: DemoPlan, checkpoint: Path, out: Path, profile: Path,
-              seed: int) -> dict[str, Any]:
+                        seed: int) -> dict[str, Any]:
+    return run_closed_loop(checkpoint, out, profile, plan.tasks, plan.eval_episodes, seed,
+                           plan.eval_time_s)
+
+
+def run_closed_loop(checkpoint: Path, out: Path, profile: Path, tasks: Sequence[str],
+                    episodes: int, seed: int, time_s: float | None = None) -> dict[str, Any]:
+    """`vam eval` on CPU, `episodes` per task from seed `seed + EVAL_SEED_OFFSET`, keeping the
+    first episode's camera frames; `time_s` None: the profile's episode limit."""
     from vam_policy.ros.evaluation import EvalOptions, run_evaluation
 
-    options = EvalOptions(checkpoint=checkpoint, out=out, profile=profile,
-                          episodes=plan.eval_episodes, seed=seed + EVAL_SEED_OFFSET,
-                          tasks=plan.tasks, max_time_s=plan.eval_time_s, device="cpu",
-                          record_frames=1)
+    options = EvalOptions(checkpoint=checkpoint, out=out, profile=profile, episodes=episodes,
+                          seed=seed + EVAL_SEED_OFFSET, tasks=tuple(tasks), max_time_s=time_s,
+                          device="cpu", record_frames=1)
     return run_evaluation(options)
 
 
@@ -272,7 +334,8 @@ def _check_loop_closed(results: dict[str, Any]) -> None:
 
 def plot_summary(records: Sequence[dict[str, float]], summary: Sequence[dict[str, Any]],
                  path: Path) -> None:
-    """Training loss, validation action error and success rate per task, side by side."""
+    """Training loss, validation action error and success rate per task, side by side;
+    without training `records` the first two panels say so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,7 +355,11 @@ def plot_summary(records: Sequence[dict[str, float]], summary: Sequence[dict[str
                      color="tab:orange", label="validation")
     loss_ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log",
                 title="stage 2 loss")
-    loss_ax.legend()
+    if train or val:
+        loss_ax.legend()
+    else:
+        for ax in (loss_ax, error_ax):
+            ax.text(0.5, 0.5, "no training records", ha="center", transform=ax.transAxes)
     mae = [r for r in val if "val_action_mae_rad" in r]
     if mae:
         error_ax.plot([r["step"] for r in mae], [r["val_action_mae_rad"] for r in mae], "o-",

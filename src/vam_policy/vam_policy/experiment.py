@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -54,6 +52,7 @@ from vam_policy.demo import (
     run_guarded,
     task_list,
 )
+from vam_policy.machine import describe_machine
 
 ARMS = ("video", "image")
 PRETRAIN_SEED = 10_000  # pretraining videos: seeds neither the labelled demos nor eval use
@@ -474,15 +473,7 @@ def machine() -> dict[str, Any]:
     """Where it ran: every stage on the CPU."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"device": "cpu", "cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
+    return {"device": "cpu", **describe_machine(), "torch_threads": torch.get_num_threads(),
             "git": _git_revision()}
 
 

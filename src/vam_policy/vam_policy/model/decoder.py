@@ -3,8 +3,10 @@
 The paper's IDM: a DiT over 1 proprio token + H noisy action tokens. Every block cross-attends
 to the backbone's video feature tokens, self-attends over the action tokens and runs an MLP,
 each sublayer AdaLN-modulated by an embedding of the two flow times (tau_v of the video, tau_a
-of the actions). Flow matching (see `flow.py`) lets it represent multimodal chunks: a
-regression head would average two valid motions into an invalid one.
+of the actions). Optionally (`text_dim`) the modulation also takes the instruction, so which
+video tokens the actions attend to can depend on what was asked (FiLM-style conditioning).
+Flow matching (see `flow.py`) lets it represent multimodal chunks: a regression head would
+average two valid motions into an invalid one.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class DecoderConfig:
             token order; it gives each video token a learned position (a sum of one
             embedding per axis) so cross-attention can tell where in the frame and when a
             feature is. None: no position on video tokens (and any token count is accepted).
+        text_dim: width D of the instruction embeddings `[B, L, D]` the decoder is conditioned
+            on directly (their mean over tokens joins the flow times in every AdaLN). 0: the
+            paper's IDM, which sees the instruction only through the video features; that
+            suffices when the backbone's plan already depends on it (a pretrained video
+            model), not on an untrained one.
     """
 
     action_dim: int
@@ -67,6 +74,7 @@ class DecoderConfig:
     sample_steps: int = 10
     dropout: float = 0.0
     video_grid: tuple[int, int, int] | None = None
+    text_dim: int = 0
 
     def __post_init__(self) -> None:
         for name in ("action_dim", "horizon", "feature_dim", "width", "depth", "heads",
@@ -79,9 +87,10 @@ class DecoderConfig:
                              f"({self.heads})")
         if not self.mlp_ratio > 0:
             raise ValueError(f"DecoderConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not isinstance(self.adaln_lora_dim, int) or self.adaln_lora_dim < 0:
-            raise ValueError(f"DecoderConfig.adaln_lora_dim must be an int >= 0, got "
-                             f"{self.adaln_lora_dim!r}")
+        for name in ("adaln_lora_dim", "text_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"DecoderConfig.{name} must be an int >= 0, got {value!r}")
         if not isinstance(self.time_sampling, TimeSamplingConfig):
             raise ValueError(f"DecoderConfig.time_sampling must be a TimeSamplingConfig, got "
                              f"{type(self.time_sampling).__name__}")
@@ -174,7 +183,8 @@ class VideoPositionEmbedding(nn.Module):
 
 
 class DecoderTimeEmbedding(nn.Module):
-    """(tau_v, tau_a) -> condition `[B, W]`, plus the shared AdaLN-LoRA base `[B, 3W]`.
+    """(tau_v, tau_a[, instruction]) -> condition `[B, W]`, plus the shared AdaLN-LoRA base
+    `[B, 3W]`. An instruction embedding `[B, W]`, when given, adds onto the time embedding.
 
     As in Cosmos, the low-rank per-sublayer modulations add onto one full-rank base so the
     LoRA bottleneck does not cap how much the flow times can steer each block.
@@ -187,9 +197,12 @@ class DecoderTimeEmbedding(nn.Module):
         self.lora_base = (nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
                           if lora_dim > 0 else None)
 
-    def forward(self, tau_v: Tensor, tau_a: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, tau_v: Tensor, tau_a: Tensor,
+                instruction: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         freqs = torch.cat([_sinusoid(tau_v), _sinusoid(tau_a)], dim=-1)  # [B, 2F]
         cond = self.mlp(freqs.to(self.mlp[0].weight.dtype))  # [B, W]
+        if instruction is not None:
+            cond = cond + instruction
         base = self.lora_base(cond) if self.lora_base is not None else None  # [B, 3W]
         return cond, base
 
@@ -316,8 +329,12 @@ class ActionDecoder(nn.Module):
                                           nn.Linear(config.feature_dim, width))
         self.video_pos_embed = (VideoPositionEmbedding(config.video_grid, width)
                                 if config.video_grid is not None else None)
-        # conditioning on the flow times
+        # conditioning on the flow times and, optionally, the instruction
         self.time_embed = DecoderTimeEmbedding(width, config.adaln_lora_dim)
+        self.text_embed = (nn.Sequential(nn.LayerNorm(config.text_dim),
+                                         nn.Linear(config.text_dim, width), nn.SiLU(),
+                                         nn.Linear(width, width))
+                           if config.text_dim else None)
         # blocks
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.depth))
         # output
@@ -346,14 +363,20 @@ class ActionDecoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def velocity(
-        self, x_tau: Tensor, tau_a: Tensor, features: Tensor, proprio: Tensor, tau_v: Tensor
+        self, x_tau: Tensor, tau_a: Tensor, features: Tensor, proprio: Tensor, tau_v: Tensor,
+        *, text: Tensor | None = None,
     ) -> Tensor:
-        """Predicted velocity `[B, H, J]` of `x_tau [B, H, J]` at action time `tau_a [B]`."""
-        batch = self._check_condition(features, proprio, tau_v)
+        """Predicted velocity `[B, H, J]` of `x_tau [B, H, J]` at action time `tau_a [B]`.
+
+        text: the instruction embeddings `[B, L, text_dim]` (padding zeroed), needed exactly
+        when `config.text_dim` > 0; the same in `loss` and `sample`.
+        """
+        batch = self._check_condition(features, proprio, tau_v, text)
         cfg = self.config
         _check("x_tau", x_tau, "[B, H, J]", (batch, cfg.horizon, cfg.action_dim))
         _check("tau_a", tau_a, "[B]", (batch,), unit_interval=True)
-        return self._velocity(x_tau, tau_a, self._context(features), proprio, tau_v)
+        return self._velocity(x_tau, tau_a, self._context(features), proprio, tau_v,
+                              self._instruction(text))
 
     def loss(
         self,
@@ -362,13 +385,15 @@ class ActionDecoder(nn.Module):
         actions: Tensor,
         tau_v: Tensor,
         generator: torch.Generator | None = None,
+        *,
+        text: Tensor | None = None,
     ) -> Tensor:
         """Flow-matching loss, a scalar: MSE between predicted and true velocity.
 
         Draws one tau_a per example from `config.time_sampling` and Gaussian noise, both from
         `generator` when given (it must live on the inputs' device).
         """
-        batch = self._check_condition(features, proprio, tau_v)
+        batch = self._check_condition(features, proprio, tau_v, text)
         cfg = self.config
         _check("actions", actions, "[B, H, J]", (batch, cfg.horizon, cfg.action_dim))
         tau_a = sample_time(cfg.time_sampling, batch, device=actions.device,
@@ -377,7 +402,8 @@ class ActionDecoder(nn.Module):
                           generator=generator)  # [B, H, J]
         x_tau = interpolate(actions, eps, tau_a)  # [B, H, J]
         context = self._context(features)  # [B, N, W]
-        pred = self._velocity(x_tau, tau_a, context, proprio, tau_v)  # [B, H, J]
+        pred = self._velocity(x_tau, tau_a, context, proprio, tau_v,
+                              self._instruction(text))  # [B, H, J]
         return F.mse_loss(pred.float(), velocity_target(actions, eps).float())
 
     @torch.no_grad()
@@ -389,13 +415,15 @@ class ActionDecoder(nn.Module):
         steps: int | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        text: Tensor | None = None,
     ) -> Tensor:
         """An action chunk `[B, H, J]` by Euler integration from tau_a = 1 to 0.
 
         `noise [B, H, J]` fixes the start (same noise, same weights -> same chunk, bit for
         bit); otherwise it is drawn from `generator`. Call `eval()` first if dropout > 0.
         """
-        batch = self._check_condition(features, proprio, tau_v)
+        batch = self._check_condition(features, proprio, tau_v, text)
         cfg = self.config
         steps = cfg.sample_steps if steps is None else steps
         if not isinstance(steps, int) or steps < 1:
@@ -407,9 +435,10 @@ class ActionDecoder(nn.Module):
         else:
             _check("noise", noise, "[B, H, J]", shape)
         context = self._context(features)  # [B, N, W], reused every step
+        instruction = self._instruction(text)  # [B, W] or None, reused every step
 
         def velocity_field(x: Tensor, tau_a: Tensor) -> Tensor:
-            return self._velocity(x, tau_a, context, proprio, tau_v)
+            return self._velocity(x, tau_a, context, proprio, tau_v, instruction)
 
         return integrate(velocity_field, noise, steps)
 
@@ -420,23 +449,35 @@ class ActionDecoder(nn.Module):
             context = context + self.video_pos_embed()
         return context
 
+    def _instruction(self, text: Tensor | None) -> Tensor | None:
+        """The instruction's embedding `[B, W]`: its token embeddings averaged (padding rows,
+        all zero, left out) and projected; None when the decoder is not conditioned on it."""
+        if self.text_embed is None or text is None:
+            return None
+        text = self._cast(text)
+        real = (text != 0).any(dim=-1, keepdim=True).to(text.dtype)  # [B, L, 1]
+        pooled = (text * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)  # [B, D]
+        return self.text_embed(pooled)
+
     def _velocity(
-        self, x_tau: Tensor, tau_a: Tensor, context: Tensor, proprio: Tensor, tau_v: Tensor
+        self, x_tau: Tensor, tau_a: Tensor, context: Tensor, proprio: Tensor, tau_v: Tensor,
+        instruction: Tensor | None,
     ) -> Tensor:
-        """The network on checked inputs, with the video tokens already projected."""
+        """The network on checked inputs, with the video tokens and instruction embedded."""
         # inputs
         tokens = torch.cat([self.proprio_embed(self._cast(proprio))[:, None],  # [B, 1, W]
                             self.action_embed(self._cast(x_tau))], dim=1)  # [B, 1+H, W]
         tokens = tokens + self.pos_embed
-        # conditioning on the flow times
-        cond, base = self.time_embed(tau_v, tau_a)  # [B, W], [B, 3W] or None
+        # conditioning on the flow times (and the instruction)
+        cond, base = self.time_embed(tau_v, tau_a, instruction)  # [B, W], [B, 3W] or None
         # blocks
         for block in self.blocks:
             tokens = block(tokens, context, cond, base)
         # output: velocities of the action tokens only
         return self.output(tokens[:, 1:], cond).to(x_tau.dtype)  # [B, H, J]
 
-    def _check_condition(self, features: Tensor, proprio: Tensor, tau_v: Tensor) -> int:
+    def _check_condition(self, features: Tensor, proprio: Tensor, tau_v: Tensor,
+                         text: Tensor | None) -> int:
         """Validate the conditioning inputs and return the batch size B."""
         cfg = self.config
         tokens = cfg.video_tokens
@@ -448,6 +489,12 @@ class ActionDecoder(nn.Module):
                              f"{list(features.shape)}")
         _check("proprio", proprio, f"[B={batch}, J={cfg.action_dim}]", (batch, cfg.action_dim))
         _check("tau_v", tau_v, f"[B={batch}]", (batch,), unit_interval=True)
+        if cfg.text_dim and text is None:
+            raise ValueError(f"this decoder is conditioned on the instruction: pass its "
+                             f"embeddings text [B={batch}, L, D={cfg.text_dim}]")
+        if cfg.text_dim:
+            _check("text", text, f"[B={batch}, L, D={cfg.text_dim}]",
+                   (batch, None, cfg.text_dim))
         return batch
 
     def _dtype(self) -> torch.dtype:

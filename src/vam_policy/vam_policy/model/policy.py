@@ -54,6 +54,11 @@ class VAMPolicy(nn.Module):
                 f"text encoder gives {text_encoder.embedding_dim}-d embeddings but the backbone "
                 f"cross-attends to {backbone.text_embed_dim}-d text"
             )
+        if config.decoder.text_dim not in (0, text_encoder.embedding_dim):
+            raise ValueError(
+                f"decoder.text_dim is {config.decoder.text_dim} but the text encoder gives "
+                f"{text_encoder.embedding_dim}-d embeddings"
+            )
         joints = len(config.joint_names)
         for name, norm in (("state", stats.state), ("action", stats.action)):
             if norm.mean.shape != (joints,):
@@ -161,7 +166,7 @@ class VAMPolicy(nn.Module):
         proprio = torch.from_numpy(self.stats.state.normalize(state)).to(self.device)
         tau_batch = torch.full((batch,), float(tau), device=self.device)
         actions = self.decoder.sample(features, proprio, tau_batch, steps=flow_steps,
-                                      generator=generator)  # [B, H, J]
+                                      generator=generator, text=text)  # [B, H, J]
         coded = self.stats.action.unnormalize(actions.float().cpu().numpy())
         targets = self.actions.decode(coded, state)
         return targets[0] if single else targets

@@ -114,6 +114,9 @@ def _tiny(joint_names: tuple[str, ...], **overrides: Any) -> PolicyConfig:
         action_dim=len(joint_names),
         feature_dim=arch.num_attention_heads * arch.attention_head_dim,
         video_grid=backbone.token_grid,
+        # A tiny backbone is usually untrained, so its features carry too little of the
+        # instruction: the decoder reads it directly too.
+        text_dim=arch.text_embed_dim,
     )
     return PolicyConfig(joint_names, backbone, decoder, **overrides)
 

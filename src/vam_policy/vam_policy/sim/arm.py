@@ -157,9 +157,10 @@ class SimArm:
         return self.time >= self.config.horizon_s - 1e-9
 
     def reset(self, task: str | Task, seed: int | None = None) -> Observation:
-        """Start an episode of `task`: cube layout and start pose both follow from `seed`."""
+        """Start an episode of `task`: cube layout and start pose both follow from (`task`,
+        `seed`)."""
         self._task = get_task(task) if isinstance(task, str) else task
-        rng = np.random.default_rng(self.config.seed if seed is None else seed)
+        rng = self._task.episode_rng(self.config.seed if seed is None else seed)
         layout = self._task.sample_layout(rng)
         noise = rng.uniform(-1.0, 1.0, len(self.joint_names)) * self.config.init_joint_noise_rad
         start = np.clip(self.home_qpos + noise, self.joint_lower, self.joint_upper)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -41,7 +42,7 @@ from vam_policy.sim.trajectory import controlled_joints, controller_state
 Storage = Literal["mcap", "sqlite3"]
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
 SUMMARY_FILE = "recording.json"
-_PARTIAL = ".partial"
+_PARTIAL = ".partial-"
 _PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 _TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 _T = _TYPESTORE.types
@@ -198,32 +199,30 @@ def record_demonstrations(
         raise ValueError(f"refusing to overwrite recordings: {', '.join(existing)}")
     out.mkdir(parents=True, exist_ok=True)
     results: list[RecordedEpisode] = []
-    with SimArm(sim_config(settings)) as arm:
-        for task, episode_seed in planned:
-            final = out / _bag_name(task, episode_seed)
-            # Written elsewhere under its final name (the storage file is named after the
-            # folder), then moved in whole: a crash leaves no half bag among the good ones.
-            partial = out / _PARTIAL / final.name
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.parent.mkdir(exist_ok=True)
-            try:
+    # This run's own scratch folder, so recorders writing to one `out` side by side don't clash.
+    scratch = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=out))
+    try:
+        with SimArm(sim_config(settings)) as arm:
+            for task, episode_seed in planned:
+                final = out / _bag_name(task, episode_seed)
+                # Written elsewhere under its final name (the storage file is named after the
+                # folder), then moved in whole: a crash leaves no half bag among the good ones.
+                partial = scratch / final.name
                 result = record_episode(arm, task, episode_seed, partial, topics, storage)
-            except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
-                raise
-            if result.success:
-                (partial / INSTRUCTION_FILE).write_text(arm.task.instruction + "\n",
-                                                        encoding="utf-8")
-                partial.rename(final)
-                result = RecordedEpisode(**{**asdict(result), "bag": str(final)})
-            else:
-                shutil.rmtree(partial)
-                result = RecordedEpisode(**{**asdict(result), "bag": ""})
-            results.append(result)
-            log(f"{task} seed {episode_seed}: {'solved' if result.success else 'FAILED'} in "
-                f"{result.sim_time_s:.1f} s sim, {result.wall_time_s:.1f} s wall"
-                + (f" -> {final}" if result.success else " (dropped)"))
-    shutil.rmtree(out / _PARTIAL, ignore_errors=True)
+                if result.success:
+                    (partial / INSTRUCTION_FILE).write_text(arm.task.instruction + "\n",
+                                                            encoding="utf-8")
+                    partial.rename(final)
+                    result = RecordedEpisode(**{**asdict(result), "bag": str(final)})
+                else:
+                    shutil.rmtree(partial)
+                    result = RecordedEpisode(**{**asdict(result), "bag": ""})
+                results.append(result)
+                log(f"{task} seed {episode_seed}: {'solved' if result.success else 'FAILED'} in "
+                    f"{result.sim_time_s:.1f} s sim, {result.wall_time_s:.1f} s wall"
+                    + (f" -> {final}" if result.success else " (dropped)"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     kept = sum(r.success for r in results)
     summary = {"profile": str(profile), "storage": storage, "kept": kept,
                "episodes": [asdict(r) for r in results]}

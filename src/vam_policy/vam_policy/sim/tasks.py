@@ -10,6 +10,7 @@ same kind of image. Coordinates are world frame, metres: +x from the robot towar
 from __future__ import annotations
 
 import difflib
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,18 +19,20 @@ import numpy as np
 from vam_policy.sim.scene import (
     CUBE_COLORS,
     CUBE_HALF_SIZE_M,
-    TABLE_FULL_SIZE,
     TABLE_TOP_Z,
     CubePose,
 )
 
-# Where cube centres may start: inside the arm's comfortable top-down reach, in front of it.
-START_X_RANGE: tuple[float, float] = (-0.14, 0.10)
-START_Y_RANGE: tuple[float, float] = (-0.20, 0.20)
-# Centre-to-centre gap that leaves room for open fingers (8 cm span) around any cube.
+# Where cube centres start: one cube in each of three depth rows (x), the colours shuffled over
+# the rows by the seed, each row jittered a little in x and freely across START_Y_RANGE. Which
+# row holds the named cube is a three-way choice only colour and instruction settle; the
+# across-table position is a 12 cm reach to see. Rows 11.5 cm apart keep every cube clear of
+# its neighbours' open fingers (8 cm span) and of a pushed cube's path.
+ROW_X: tuple[float, float, float] = (-0.135, -0.02, 0.095)
+ROW_X_JITTER_M = 0.0075
+START_Y_RANGE: tuple[float, float] = (-0.04, 0.08)
 MIN_CUBE_SPACING_M = 0.10
 CUBE_REST_Z = TABLE_TOP_Z + CUBE_HALF_SIZE_M
-_MAX_LAYOUT_TRIES = 1000
 
 
 @dataclass(frozen=True)
@@ -40,33 +43,27 @@ class Task:
     instruction: str
     cube: str
 
+    def episode_rng(self, seed: int) -> np.random.Generator:
+        """The random stream of episode `seed` of this task. The task's name is mixed in, so
+        the same seed lays out each task differently: N demos of each of six tasks show 6N
+        layouts, not N layouts six times."""
+        return np.random.default_rng([seed, zlib.crc32(self.name.encode())])
+
     def sample_layout(self, rng: np.random.Generator) -> dict[str, CubePose]:
-        """Cube poses that do not overlap and leave the task solvable, drawn from `rng`."""
-        for _ in range(_MAX_LAYOUT_TRIES):
-            poses = {
-                color: CubePose(
-                    x=float(rng.uniform(*self._x_range(color))),
-                    y=float(rng.uniform(*self._y_range(color))),
-                    yaw=float(rng.uniform(-np.pi / 4, np.pi / 4)),
-                )
-                for color in CUBE_COLORS
-            }
-            if _spaced(poses) and self._layout_ok(poses):
-                return poses
-        raise RuntimeError(f"task {self.name!r}: no valid layout in {_MAX_LAYOUT_TRIES} tries")
+        """Cube poses drawn from `rng`: the colours shuffled over the rows, then jittered."""
+        rows = rng.permutation(len(ROW_X))
+        return {
+            color: CubePose(
+                x=float(ROW_X[row] + rng.uniform(-ROW_X_JITTER_M, ROW_X_JITTER_M)),
+                y=float(rng.uniform(*START_Y_RANGE)),
+                yaw=float(rng.uniform(-np.pi / 4, np.pi / 4)),
+            )
+            for color, row in zip(CUBE_COLORS, rows, strict=True)
+        }
 
     def success(self, start: Mapping[str, np.ndarray], now: Mapping[str, np.ndarray]) -> bool:
         """Whether the cube positions `now` (colour -> xyz) solve the task begun at `start`."""
         raise NotImplementedError
-
-    def _x_range(self, color: str) -> tuple[float, float]:
-        return START_X_RANGE
-
-    def _y_range(self, color: str) -> tuple[float, float]:
-        return START_Y_RANGE
-
-    def _layout_ok(self, poses: Mapping[str, CubePose]) -> bool:
-        return True
 
 
 @dataclass(frozen=True)
@@ -83,39 +80,16 @@ class LiftTask(Task):
 class PushLeftTask(Task):
     """Slide `cube` along the table towards the camera's left (-y) by more than `push_m`.
 
-    The cube must stay on the table (not be carried), and the other cubes are placed out of its
-    way so the push is always possible.
+    The cube must stay on the table (not be carried). The other cubes sit in other rows, out of
+    the pushed cube's path.
     """
 
     push_m: float = 0.10
-    # Room the pushed cube sweeps: its path plus the fingers behind it.
-    corridor_half_width_m: float = 0.08
-    corridor_behind_m: float = 0.12
-    corridor_ahead_m: float = 0.25
 
     def success(self, start: Mapping[str, np.ndarray], now: Mapping[str, np.ndarray]) -> bool:
         moved_left = start[self.cube][1] - now[self.cube][1]
         on_table = abs(now[self.cube][2] - CUBE_REST_Z) < 0.01
         return bool(moved_left > self.push_m and on_table)
-
-    def _y_range(self, color: str) -> tuple[float, float]:
-        # The pushed cube starts right of centre, so it has room to go left and stay reachable.
-        return (0.0, START_Y_RANGE[1]) if color == self.cube else START_Y_RANGE
-
-    def _layout_ok(self, poses: Mapping[str, CubePose]) -> bool:
-        pushed = poses[self.cube]
-        for color, pose in poses.items():
-            in_x = abs(pose.x - pushed.x) < self.corridor_half_width_m
-            in_y = pushed.y - self.corridor_ahead_m < pose.y < pushed.y + self.corridor_behind_m
-            if color != self.cube and in_x and in_y:
-                return False
-        return pushed.y - self.corridor_ahead_m > -TABLE_FULL_SIZE[1] / 2
-
-
-def _spaced(poses: Mapping[str, CubePose]) -> bool:
-    points = np.array([(p.x, p.y) for p in poses.values()])
-    gaps = np.linalg.norm(points[:, None] - points[None, :], axis=-1)
-    return bool(np.all(gaps[np.triu_indices(len(points), k=1)] >= MIN_CUBE_SPACING_M))
 
 
 def _build_registry() -> dict[str, Task]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vam_policy.data.dataset import Dataset, load_dataset
+from vam_policy.data.dataset import Dataset
 from vam_policy.model.backbone_config import is_preset
 from vam_policy.model.checkpoint import save_checkpoint
 from vam_policy.model.decoder import ActionDecoder
@@ -28,19 +28,8 @@ from vam_policy.model.flow import sample_beta
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.model.policy_config import PolicyConfig
 from vam_policy.train.config import IdmTrainConfig, TauVSampling
-from vam_policy.train.distributed import init_distributed
 from vam_policy.train.latent_cache import LatentSource
-from vam_policy.train.loop import resolve_config, run_stage, start_run
-from vam_policy.train.prepare import (
-    CACHE_DIR,
-    TrainResult,
-    build_policy_config,
-    calibrate_random_vae,
-    make_logger,
-    open_latents,
-    run_backbone,
-    run_info,
-)
+from vam_policy.train.prepare import TrainResult, open_stage
 from vam_policy.train.samples import fit_norm_stats
 
 POLICY_DIR = "policy"
@@ -66,8 +55,9 @@ class _DecoderObjective(nn.Module):
         self.decoder = decoder
 
     def forward(self, features: Tensor, proprio: Tensor, actions: Tensor, tau_v: Tensor,
-                generator: torch.Generator) -> Tensor:
-        return self.decoder.loss(features, proprio, actions, tau_v, generator=generator)
+                text: Tensor, generator: torch.Generator) -> Tensor:
+        return self.decoder.loss(features, proprio, actions, tau_v, generator=generator,
+                                 text=text)
 
 
 class IdmStage:
@@ -104,7 +94,7 @@ class IdmStage:
         tau_v = sample_tau_v(self.config.tau_v, len(positions), self.policy.device, generator)
         with torch.no_grad():
             features = self.policy.backbone.features(history, text, tau_v, future, generator)
-        return model(features, proprio, actions, tau_v, generator)
+        return model(features, proprio, actions, tau_v, text, generator)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -124,11 +114,12 @@ class IdmStage:
             history, future, text, proprio, actions = self._inputs(chunk)
             tau_v = torch.full((len(chunk),), tau, device=policy.device)
             features = policy.backbone.features(history, text, tau_v, future, generator)
-            loss = policy.decoder.loss(features, proprio, actions, tau_v, generator=generator)
+            loss = policy.decoder.loss(features, proprio, actions, tau_v, generator=generator,
+                                       text=text)
             loss_sum += float(loss) * len(chunk)
             sampled = policy.decoder.sample(features, proprio, tau_v,
                                             steps=self.config.eval_flow_steps,
-                                            generator=generator)  # [b, H, J]
+                                            generator=generator, text=text)  # [b, H, J]
             coded = policy.stats.action.unnormalize(sampled.float().cpu().numpy())
             predicted = policy.actions.decode(coded, table.state[chunk])  # absolute targets
             truth = table.targets[chunk]
@@ -177,38 +168,22 @@ def train_idm(
         (with a checkpoint) after this step, as a run killed there would; resume continues.
     Under torchrun every process calls this; rank 0 writes.
     """
-    dist = init_distributed(device)
-    try:
-        out = Path(out)
-        config = resolve_config(out, config, IdmTrainConfig, steps, resume)
-        data = load_dataset(dataset)
-        policy_config = build_policy_config(config.policy, data,
-                                            run_backbone(out, backbone, resume))
-        run = start_run(out, config, run_info("idm", data, policy_config), resume, dist)
-        log = make_logger(out, dist)
-        # Seeded: a preset backbone gets the same random weights on every rank and on resume.
-        torch.manual_seed(config.loop.seed)
-        policy = VAMPolicy.build(policy_config).to(dist.device)
+    with open_stage("idm", dataset, out, config, IdmTrainConfig, backbone=backbone,
+                    steps=steps, resume=resume, device=device) as setup:
+        config, data, policy = setup.config, setup.data, setup.policy
         policy.backbone.requires_grad_(False).eval()
-        if is_preset(policy_config.backbone.source):
-            calibrate_random_vae(policy, data, log)
-        source, report = open_latents(
-            policy, data, config.data, use_cache=use_cache,
-            cache_dir=Path(cache_dir) if cache_dir else out / CACHE_DIR, dist=dist, log=log,
-            future=needs_future(config, policy_config), progress=progress)
+        source, report = setup.latents(config.data, use_cache=use_cache, cache_dir=cache_dir,
+                                       future=needs_future(config, policy.config),
+                                       progress=progress)
         train_rows = source.table.rows(data.split("train"), with_actions=True)
         policy.stats = fit_norm_stats(data, source.table, train_rows, policy.actions)
         if embed_backbone is None:
-            embed_backbone = is_preset(policy_config.backbone.source)
+            embed_backbone = is_preset(policy.config.backbone.source)
         stage = IdmStage(policy, source, data, config, embed_backbone)
-        if data.fps != policy_config.fps:
-            log(f"note: dataset frames at {data.fps:g} fps are resampled to the policy's "
-                f"{policy_config.fps:g} fps")
-        log(f"idm: {stage.train_count} train / {len(stage.val_rows)} val samples, "
-            f"{config.loop.steps} steps of {config.loop.batch_size} on {dist.world} process(es)")
-        result = run_stage(stage, run, config.loop, config.optim, dist, resume=resume,
-                           stop_at=stop_at, progress=progress, log=log)
-        return TrainResult(out, result.step, result.finished, result.final, result.records,
-                           report, stage.train_count)
-    finally:
-        dist.close()
+        if data.fps != policy.config.fps:
+            setup.log(f"note: dataset frames at {data.fps:g} fps are resampled to the policy's "
+                      f"{policy.config.fps:g} fps")
+        setup.log(f"idm: {stage.train_count} train / {len(stage.val_rows)} val samples, "
+                  f"{config.loop.steps} steps of {config.loop.batch_size} on "
+                  f"{setup.dist.world} process(es)")
+        return setup.train(stage, report, stop_at=stop_at, progress=progress)

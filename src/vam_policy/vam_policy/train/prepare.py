@@ -1,23 +1,27 @@
-"""Set-up both stages share: the policy a dataset calls for, the backbone, the latent source."""
+"""Set-up the stages share: the policy a dataset calls for, the backbone, the latent source,
+and `open_stage`, the start and end of every stage's entry function."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 
-from vam_policy.data.dataset import Dataset
+from vam_policy.data.dataset import Dataset, load_dataset
+from vam_policy.model.backbone_config import is_preset
 from vam_policy.model.checkpoint import BACKBONE_DIR, read_manifest
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.model.policy_config import PolicyConfig, policy_preset
-from vam_policy.train.config import PolicySpec, SampleConfig
-from vam_policy.train.distributed import Dist
+from vam_policy.train.config import LoopConfig, OptimConfig, PolicySpec, SampleConfig
+from vam_policy.train.distributed import Dist, init_distributed
 from vam_policy.train.latent_cache import (
     CacheReport,
     LatentCache,
@@ -25,7 +29,7 @@ from vam_policy.train.latent_cache import (
     LiveLatents,
     prepare_cache,
 )
-from vam_policy.train.loop import RUN_FILE
+from vam_policy.train.loop import RUN_FILE, RunDir, Stage, resolve_config, run_stage, start_run
 from vam_policy.train.samples import SampleSpec, episode_clip
 
 CACHE_DIR = "latent_cache"
@@ -166,3 +170,78 @@ class TrainResult:
     cache: CacheReport | None
     train_samples: int
     """Training samples (anchors) the stage drew batches from."""
+
+
+class StageConfig(Protocol):
+    """What `open_stage` reads of a stage's training config."""
+
+    @property
+    def policy(self) -> PolicySpec: ...
+
+    @property
+    def optim(self) -> OptimConfig: ...
+
+    @property
+    def loop(self) -> LoopConfig: ...
+
+
+_C = TypeVar("_C", bound=StageConfig)
+
+
+@dataclass(frozen=True)
+class StageSetup(Generic[_C]):
+    """A started run: what every stage's entry function builds its stage from."""
+
+    out: Path
+    config: _C
+    data: Dataset
+    policy: VAMPolicy
+    run: RunDir
+    dist: Dist
+    log: Callable[[str], None]
+    resume: bool
+
+    def latents(self, sampling: SampleConfig, *, use_cache: bool,
+                cache_dir: str | Path | None, future: bool = True,
+                progress: bool = False) -> tuple[LatentSource, CacheReport | None]:
+        """`open_latents` into `cache_dir` (default OUT/latent_cache), a preset's random VAE
+        calibrated first."""
+        if is_preset(self.policy.config.backbone.source):
+            calibrate_random_vae(self.policy, self.data, self.log)
+        return open_latents(self.policy, self.data, sampling, use_cache=use_cache,
+                            cache_dir=Path(cache_dir) if cache_dir else self.out / CACHE_DIR,
+                            dist=self.dist, log=self.log, future=future, progress=progress)
+
+    def train(self, stage: Stage, cache: CacheReport | None, *, stop_at: int | None,
+              progress: bool) -> TrainResult:
+        """Run `stage`'s training loop; `cache`: the latent cache it reads, if any."""
+        result = run_stage(stage, self.run, self.config.loop, self.config.optim, self.dist,
+                           resume=self.resume, stop_at=stop_at, progress=progress, log=self.log)
+        return TrainResult(self.out, result.step, result.finished, result.final, result.records,
+                           cache, stage.train_count)
+
+
+@contextmanager
+def open_stage(name: str, dataset: str | Path, out: str | Path, config: _C | None,
+               cls: type[_C], *, backbone: str | None, steps: int | None, resume: bool,
+               device: str) -> Iterator[StageSetup[_C]]:
+    """Start stage `name`'s run in OUT; the process group closes on leaving.
+
+    Resolves the config against OUT and `resume`, loads the dataset, records the run and
+    builds the policy, the seed set first: a preset backbone gets the same random weights on
+    every rank and on resume.
+    """
+    dist = init_distributed(device)
+    try:
+        out = Path(out)
+        config = resolve_config(out, config, cls, steps, resume)
+        data = load_dataset(dataset)
+        policy_config = build_policy_config(config.policy, data,
+                                            run_backbone(out, backbone, resume))
+        run = start_run(out, config, run_info(name, data, policy_config), resume, dist)
+        log = make_logger(out, dist)
+        torch.manual_seed(config.loop.seed)
+        policy = VAMPolicy.build(policy_config).to(dist.device)
+        yield StageSetup(out, config, data, policy, run, dist, log, resume)
+    finally:
+        dist.close()

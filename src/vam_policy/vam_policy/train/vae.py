@@ -23,21 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from vam_policy.data.dataset import Dataset, load_dataset
+from vam_policy.data.dataset import Dataset
 from vam_policy.model.backbone import VideoBackbone
 from vam_policy.model.checkpoint import BACKBONE_DIR
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.train.config import SampleConfig, VaeTrainConfig
-from vam_policy.train.distributed import init_distributed
-from vam_policy.train.loop import resolve_config, run_stage, start_run
-from vam_policy.train.prepare import (
-    CALIBRATION_CLIPS,
-    TrainResult,
-    build_policy_config,
-    make_logger,
-    run_backbone,
-    run_info,
-)
+from vam_policy.train.prepare import CALIBRATION_CLIPS, TrainResult, open_stage
 from vam_policy.train.samples import SampleSpec, episode_clip
 
 
@@ -168,25 +159,12 @@ def train_vae(
     `backbone`: the backbone whose VAE trains (default: the config's preset, random weights);
     the other arguments as `train_idm`'s.
     """
-    dist = init_distributed(device)
-    try:
-        out = Path(out)
-        config = resolve_config(out, config, VaeTrainConfig, steps, resume)
-        data = load_dataset(dataset)
-        policy_config = build_policy_config(config.policy, data,
-                                            run_backbone(out, backbone, resume))
-        run = start_run(out, config, run_info("vae", data, policy_config), resume, dist)
-        log = make_logger(out, dist)
-        torch.manual_seed(config.loop.seed)  # same preset weights on every rank and on resume
-        policy = VAMPolicy.build(policy_config).to(dist.device)
-        stage = VaeStage(policy, data, config, progress and dist.is_main)
-        log(f"vae: {stage.train_count} train / {len(stage.val_clips)} val clips of "
-            f"{policy_config.history_frames} frames at {policy_config.backbone.height}x"
-            f"{policy_config.backbone.width}, {config.loop.steps} steps of "
-            f"{config.loop.batch_size} on {dist.world} process(es)")
-        result = run_stage(stage, run, config.loop, config.optim, dist, resume=resume,
-                           stop_at=stop_at, progress=progress, log=log)
-        return TrainResult(out, result.step, result.finished, result.final, result.records,
-                           None, stage.train_count)
-    finally:
-        dist.close()
+    with open_stage("vae", dataset, out, config, VaeTrainConfig, backbone=backbone,
+                    steps=steps, resume=resume, device=device) as setup:
+        config, policy_config = setup.config, setup.policy.config
+        stage = VaeStage(setup.policy, setup.data, config, progress and setup.dist.is_main)
+        setup.log(f"vae: {stage.train_count} train / {len(stage.val_clips)} val clips of "
+                  f"{policy_config.history_frames} frames at {policy_config.backbone.height}x"
+                  f"{policy_config.backbone.width}, {config.loop.steps} steps of "
+                  f"{config.loop.batch_size} on {setup.dist.world} process(es)")
+        return setup.train(stage, None, stop_at=stop_at, progress=progress)

@@ -24,25 +24,13 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from torch import Tensor, nn
 
-from vam_policy.data.dataset import Dataset, load_dataset
+from vam_policy.data.dataset import Dataset
 from vam_policy.model.backbone import VideoBackbone
-from vam_policy.model.backbone_config import is_preset
 from vam_policy.model.flow import sample_time
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.train.config import LoraSettings, VideoTrainConfig
-from vam_policy.train.distributed import init_distributed
 from vam_policy.train.latent_cache import LatentSource
-from vam_policy.train.loop import resolve_config, run_stage, start_run
-from vam_policy.train.prepare import (
-    CACHE_DIR,
-    TrainResult,
-    build_policy_config,
-    calibrate_random_vae,
-    make_logger,
-    open_latents,
-    run_backbone,
-    run_info,
-)
+from vam_policy.train.prepare import TrainResult, open_stage
 
 BACKBONE_DIR = "backbone"
 
@@ -190,31 +178,15 @@ def train_video(
     Arguments as `train_idm`'s. Resuming with `steps` equal to the checkpoint's step only
     exports that checkpoint's merged backbone.
     """
-    dist = init_distributed(device)
-    try:
-        out = Path(out)
-        config = resolve_config(out, config, VideoTrainConfig, steps, resume)
-        data = load_dataset(dataset)
-        policy_config = build_policy_config(config.policy, data,
-                                            run_backbone(out, backbone, resume))
-        run = start_run(out, config, run_info("video", data, policy_config), resume, dist)
-        log = make_logger(out, dist)
-        torch.manual_seed(config.loop.seed)  # same preset weights on every rank and on resume
-        policy = VAMPolicy.build(policy_config).to(dist.device)
-        if is_preset(policy_config.backbone.source):
-            calibrate_random_vae(policy, data, log)
-        source, report = open_latents(
-            policy, data, config.data, use_cache=use_cache,
-            cache_dir=Path(cache_dir) if cache_dir else out / CACHE_DIR, dist=dist, log=log,
-            progress=progress)
-        trainable = add_lora(policy.backbone, config.lora)
-        stage = VideoStage(policy, source, data, config)
-        log(f"video: LoRA rank {config.lora.rank} ({trainable} parameters), "
-            f"{stage.train_count} train / {len(stage.val_rows)} val clips, "
-            f"{config.loop.steps} steps of {config.loop.batch_size} on {dist.world} process(es)")
-        result = run_stage(stage, run, config.loop, config.optim, dist, resume=resume,
-                           stop_at=stop_at, progress=progress, log=log)
-        return TrainResult(out, result.step, result.finished, result.final, result.records,
-                           report, stage.train_count)
-    finally:
-        dist.close()
+    with open_stage("video", dataset, out, config, VideoTrainConfig, backbone=backbone,
+                    steps=steps, resume=resume, device=device) as setup:
+        config = setup.config
+        source, report = setup.latents(config.data, use_cache=use_cache, cache_dir=cache_dir,
+                                       progress=progress)
+        trainable = add_lora(setup.policy.backbone, config.lora)
+        stage = VideoStage(setup.policy, source, setup.data, config)
+        setup.log(f"video: LoRA rank {config.lora.rank} ({trainable} parameters), "
+                  f"{stage.train_count} train / {len(stage.val_rows)} val clips, "
+                  f"{config.loop.steps} steps of {config.loop.batch_size} on "
+                  f"{setup.dist.world} process(es)")
+        return setup.train(stage, report, stop_at=stop_at, progress=progress)
