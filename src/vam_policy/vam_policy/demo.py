@@ -1,6 +1,6 @@
 """`vam demo`: the simulated Panda in closed loop over ROS 2, on one machine with no GPU.
 
-    vam demo                    # <= ~10 min: the shipped checkpoint, 9 episodes of each sim task
+    vam demo                    # ~9.5 min: the shipped checkpoint, 9 episodes of each sim task
     vam demo --checkpoint DIR   # the same evaluation for a policy checkpoint of yours
     vam demo --train            # ~10 min: the whole loop from scratch, every sim task
     vam demo --quick            # ~2 min: the whole loop, one task, two demos, 150 steps
