@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import torch
 
 from vam_policy.data.dataset import build_dataset, load_dataset
 from vam_policy.data.episodes import EpisodeOptions, RecordingProfile
+from vam_policy.machine import describe_machine
 from vam_policy.train.config import IdmTrainConfig, load_train_config
 from vam_policy.train.idm import train_idm
 
@@ -73,7 +73,7 @@ def run(dataset: Path, steps: int, work: Path) -> dict[str, object]:
     data = load_dataset(dataset)
     return {
         "benchmark": "training stage 2 (idm)", "preset": "tiny", "device": "cpu",
-        "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
+        "machine": describe_machine(), "torch_threads": torch.get_num_threads(),
         "dataset": {"episodes": len(data.episodes), "train_samples": built.train_samples},
         "batch_size": config.loop.batch_size, "steps": steps,
         "cache_build_s_incl_setup": build_s, "rows": rows,

@@ -212,6 +212,28 @@ def test_encode_video_normalizes_like_the_pipeline_and_is_causal(tiny):
     assert torch.allclose(tiny.encode_video(clip[:, :, :5]), latents[:, :, :2], atol=1e-5)
 
 
+@torch.no_grad()
+def test_calibrated_statistics_do_not_depend_on_the_thread_count():
+    """calibrate_latents normalizes the clips' latents to about zero mean and unit std, and
+    gives the same statistics with 1 or 2 threads (the latent cache's fingerprint hashes
+    them)."""
+    backbone = VideoBackbone.build(get_backbone_config("tiny")).eval()
+    clips = [_frames(backbone.config, 5, seed=s) for s in range(3)]
+    threads = torch.get_num_threads()
+    stats = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            backbone.calibrate_latents(iter(clips))
+            stats.append((backbone.vae.config.latents_mean, backbone.vae.config.latents_std))
+    finally:
+        torch.set_num_threads(threads)
+    assert stats[0] == stats[1]
+    latents = torch.cat([backbone.encode_video(c) for c in clips]).transpose(0, 1).flatten(1)
+    assert latents.mean(1).abs().max() < 0.01
+    assert (latents.std(1) - 1).abs().max() < 0.01
+
+
 def test_save_then_from_pretrained_gives_identical_features(tiny, history, text, tmp_path):
     saved = tiny.save_pretrained(tmp_path / "backbone")
     assert (tmp_path / "backbone" / "transformer" / "config.json").is_file()

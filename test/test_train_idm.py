@@ -3,7 +3,9 @@ the latent cache is reused, checked and rebuilt, and configs fail helpfully."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib.util
 import os
 from pathlib import Path
 
@@ -167,6 +169,30 @@ def test_cache_keeps_future_latents_only_when_tau_v_goes_below_one(
     with_future = load_file(tmp_path / "any" / "latent_cache" / name)["latents"]
     assert with_future.shape[2] == backbone.latent_frames
     torch.testing.assert_close(with_future[:, :, :backbone.history_latent_frames], noise_only)
+
+
+def test_decoder_steps_benchmark_reads_validation_as_training_does(trained,
+                                                                  dataset_dir: Path) -> None:
+    """benchmarks/bench_decoder_steps.py runs on the stage-2 API it reuses: on validation's own
+    rows its holding-still error is validation's, 10 steps is its reference, and each step
+    count has a finite error and time."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_decoder_steps", REPO_ROOT / "benchmarks" / "bench_decoder_steps.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(checkpoint=trained.final, dataset=dataset_dir, cache_dir=None,
+                              config="idm:tiny", samples=TINY.loop.eval_batches
+                              * TINY.loop.batch_size, repeats=1, device="cpu")
+    result = bench.run(args)
+    assert result["hold_still_mae_rad"] == pytest.approx(
+        result["training_validation"]["val_hold_still_mae_rad"], rel=1e-6)
+    rows = {row["steps"]: row for row in result["rows"]}
+    assert sorted(rows) == [1, 2, 3, 5, 10]
+    assert rows[10]["mae_change_vs_10_rad"] == rows[10]["target_shift_vs_10_rad"] == 0.0
+    assert rows[10]["time_vs_10_steps"] == 1.0
+    assert all(np.isfinite(r["action_mae_rad"]) and r["median_ms_per_chunk"] > 0
+               for r in rows.values())
 
 
 def test_presets_by_name_typos_and_yaml_files(tmp_path: Path) -> None:

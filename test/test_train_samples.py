@@ -12,7 +12,8 @@ from vam_policy.data.dataset import build_dataset
 from vam_policy.data.episodes import Episode, RecordingProfile
 from vam_policy.model.backbone_config import COSMOS_PREDICT2_2B_HUB_ID
 from vam_policy.model.transforms import ActionCoding, Normalizer
-from vam_policy.train.config import PolicySpec
+from vam_policy.train.config import ConfigError, PolicySpec, SampleConfig
+from vam_policy.train.idm import oversample_start
 from vam_policy.train.prepare import build_policy_config
 from vam_policy.train.samples import (
     SampleSpec,
@@ -143,3 +144,26 @@ def test_a_local_cosmos_folder_also_supplies_the_t5_encoder(dataset, tmp_path) -
     (tmp_path / "tokenizer").rmdir()  # a stage-1 output: transformer/ and vae/ only
     config = build_policy_config(PolicySpec(preset="paper"), dataset, backbone=folder)
     assert config.backbone.text_encoder_source == COSMOS_PREDICT2_2B_HUB_ID
+
+
+def test_decoder_size_comes_from_the_spec(dataset) -> None:
+    """policy.decoder_width/decoder_depth resize the decoder; a width the heads cannot split,
+    or a size below 1, is a ConfigError naming the field."""
+    config = build_policy_config(PolicySpec(preset="tiny", decoder_width=96, decoder_depth=3),
+                                 dataset)
+    assert (config.decoder.width, config.decoder.depth) == (96, 3)
+    with pytest.raises(ConfigError, match="divisible by heads"):
+        build_policy_config(PolicySpec(preset="tiny", decoder_width=66), dataset)
+    with pytest.raises(ConfigError, match=r"policy\.decoder_depth"):
+        PolicySpec(preset="tiny", decoder_depth=0)
+
+
+def test_start_anchors_are_drawn_more_often() -> None:
+    """Anchors before data.start_s repeat start_repeat times, the rest stay once, in order."""
+    rows = np.array([10, 11, 12, 13])
+    anchor_s = np.array([0.0, 0.5, 1.0, 1.5])
+    out = oversample_start(rows, anchor_s, SampleConfig(start_s=1.0, start_repeat=3))
+    assert out.tolist() == [10, 10, 10, 11, 11, 11, 12, 13]
+    assert oversample_start(rows, anchor_s, SampleConfig()).tolist() == rows.tolist()
+    with pytest.raises(ConfigError, match="start_repeat"):
+        SampleConfig(start_s=1.0, start_repeat=0)

@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +38,7 @@ from vam_policy.demo import (
     write_outputs,
 )
 from vam_policy.train.idm import POLICY_DIR
-from vam_policy.train.loop import METRICS_FILE
+from vam_policy.train.loop import METRICS_FILE, read_metrics
 
 TRAINING_RECORD = "training.json"
 
@@ -126,19 +127,6 @@ def run_checkpoint_demo(plan: CheckpointPlan, out: Path, profile: Path,
     return results
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """A run's metrics.jsonl records; none when it is missing, lines cut short skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 def read_training_record(run: Path) -> dict[str, Any] | None:
     """`run/training.json`, or None when the run has none."""
     path = run / TRAINING_RECORD
@@ -167,9 +155,6 @@ def write_training_record(folder: Path, *, script: str, train_command: str, comm
 
     data = load_dataset(dataset)
     episodes = data.episodes
-    instructions: dict[str, int] = {}
-    for episode in episodes:
-        instructions[episode.instruction] = instructions.get(episode.instruction, 0) + 1
     validations = [r for r in read_metrics(folder / METRICS_FILE) if "val_action_mae_rad" in r]
     last = validations[-1] if validations else {}
     record = {
@@ -178,7 +163,7 @@ def write_training_record(folder: Path, *, script: str, train_command: str, comm
         "demos_per_task": demos_per_task, "steps": steps,
         "dataset": {"episodes": len(episodes), "val_episodes": len(data.split("val")),
                     "control_steps": sum(e.length for e in episodes),
-                    "episodes_per_instruction": instructions},
+                    "episodes_per_instruction": dict(Counter(e.instruction for e in episodes))},
         "val_step": last.get("step"), "val_action_mae_rad": last.get("val_action_mae_rad"),
         "val_hold_still_mae_rad": last.get("val_hold_still_mae_rad"),
     }

@@ -205,13 +205,15 @@ class VideoBackbone(nn.Module):
         a random-weight VAE has none, and with Wan's its latents barely vary (about 1% of the
         unit scale of the noise the future frames start from). Measured on the robot's own
         frames, they put history latents at the scale the transformer expects. Each clip is
-        `[B, 3, 1 + 4*m, H, W]` as `encode_video` takes it; saved with the VAE's config.
+        `[B, 3, 1 + 4*m, H, W]` as `encode_video` takes it; saved with the VAE's config,
+        rounded to 4 significant digits so that another thread count or BLAS, which moves the
+        last bits of the sums, gives the same statistics (and the same latent cache).
         """
         latents = torch.cat([self._raw_latents(clip).transpose(0, 1).flatten(1)
                              for clip in clips], dim=1)  # [16, N]
         std = latents.std(dim=1).clamp_min(1e-6)
-        self.vae.register_to_config(latents_mean=latents.mean(dim=1).tolist(),
-                                    latents_std=std.tolist())
+        self.vae.register_to_config(latents_mean=_significant(latents.mean(dim=1)),
+                                    latents_std=_significant(std))
 
     # ---- latents -> features --------------------------------------------------------------
 
@@ -411,3 +413,8 @@ class VideoBackbone(nn.Module):
         if text_mask.shape != text_embeds.shape[:2]:
             raise _shape_error("text_mask", str(list(text_embeds.shape[:2])), text_mask)
         return text_embeds.to(self.transformer.dtype), text_mask.bool()
+
+
+def _significant(values: torch.Tensor, digits: int = 4) -> list[float]:
+    """`values` as floats rounded to `digits` significant digits."""
+    return [float(f"{v:.{digits}g}") for v in values.tolist()]

@@ -62,6 +62,10 @@ class PolicySpec:
     """"absolute" joint targets or "relative" to the state at the anchor."""
     horizon: int | None = None
     """Steps per chunk (the decoder's H)."""
+    decoder_width: int | None = None
+    """Decoder hidden size; must be a multiple of its attention heads."""
+    decoder_depth: int | None = None
+    """Decoder blocks."""
     read_layer: int | None = None
     """Backbone block the decoder reads."""
     tau_v: float | None = None
@@ -82,8 +86,10 @@ class PolicySpec:
             value = getattr(self, name)
             if value is not None:
                 _positive("policy", **{name: value})
-        if self.horizon is not None and self.horizon < 1:
-            raise ConfigError(f"policy.horizon: expected at least 1, got {self.horizon}")
+        for name in ("horizon", "decoder_width", "decoder_depth"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"policy.{name}: expected at least 1, got {value}")
         if self.tau_v is not None and not 0.0 <= self.tau_v <= 1.0:
             raise ConfigError(f"policy.tau_v: expected a flow time in [0, 1], got {self.tau_v}")
 
@@ -102,8 +108,16 @@ class SampleConfig:
     """Latents on disk: "bfloat16" halves the cache (~5 MB an anchor at the paper's size)."""
     encode_batch: int = 8
     """Clips per VAE call while building the cache."""
+    start_s: float = 0.0
+    """Stage 2: anchors in an episode's first `start_s` seconds are drawn `start_repeat` times
+    an epoch. There the arm has not moved yet, so only the camera (and the instruction) say
+    where to go; elsewhere the joint state already reveals much of the expert's course."""
+    start_repeat: int = 1
 
     def __post_init__(self) -> None:
+        if self.start_s < 0 or self.start_repeat < 1:
+            raise ConfigError("data.start_s and data.start_repeat: expected >= 0 and >= 1, got "
+                              f"{self.start_s}, {self.start_repeat}")
         if self.anchor_stride < 1 or self.encode_batch < 1:
             raise ConfigError(
                 "data.anchor_stride and data.encode_batch: expected at least 1, got "

@@ -13,7 +13,6 @@ the noise itself.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,9 @@ from vam_policy.model.decoder import ActionDecoder
 from vam_policy.model.flow import sample_beta
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.model.policy_config import PolicyConfig
-from vam_policy.train.config import IdmTrainConfig, TauVSampling
+from vam_policy.train.config import IdmTrainConfig, SampleConfig, TauVSampling
 from vam_policy.train.latent_cache import LatentSource
+from vam_policy.train.loop import validation_batches
 from vam_policy.train.prepare import TrainResult, open_stage
 from vam_policy.train.samples import fit_norm_stats
 
@@ -60,6 +60,13 @@ class _DecoderObjective(nn.Module):
                                  text=text)
 
 
+def oversample_start(rows: np.ndarray, anchor_s: np.ndarray, data: SampleConfig) -> np.ndarray:
+    """`rows` with those anchored in the first `data.start_s` seconds repeated
+    `data.start_repeat` times (each sample stays once per epoch otherwise)."""
+    counts = np.where(anchor_s < data.start_s - 1e-9, data.start_repeat, 1)
+    return np.repeat(rows, counts)
+
+
 class IdmStage:
     """The decoder's training step, validation and checkpoints for `run_stage`."""
 
@@ -71,7 +78,9 @@ class IdmStage:
         self.embed_backbone = embed_backbone
         self.module = _DecoderObjective(policy.decoder)
         table = source.table
-        self.train_rows = table.rows(dataset.split("train"), with_actions=True)
+        train_rows = table.rows(dataset.split("train"), with_actions=True)
+        self.train_rows = oversample_start(train_rows, table.anchor[train_rows] / dataset.fps,
+                                           config.data)
         self.val_rows = table.rows(dataset.split("val"), with_actions=True)
         self.train_count = len(self.train_rows)
         stats, device = policy.stats, policy.device
@@ -79,7 +88,13 @@ class IdmStage:
         self._proprio = torch.from_numpy(stats.state.normalize(table.state)).to(device)
         self._actions = torch.from_numpy(stats.action.normalize(coded)).to(device)
 
-    def _inputs(self, rows: np.ndarray) -> tuple[Tensor, ...]:
+    @property
+    def eval_tau_v(self) -> float:
+        """The video flow time validation reads the plan at: the config's, else the policy's."""
+        tau = self.config.eval_tau_v
+        return self.policy.config.backbone.tau_v if tau is None else tau
+
+    def inputs(self, rows: np.ndarray) -> tuple[Tensor, ...]:
         """History latents, future latents, text, normalized proprio and actions of `rows`."""
         latents = self.source.latents(rows)  # [B, 16, T_hist + T_fut, h, w]
         history_t = self.policy.config.backbone.history_latent_frames
@@ -88,9 +103,15 @@ class IdmStage:
         return (latents[:, :, :history_t], future, self.source.text(rows),
                 self._proprio[index], self._actions[index])
 
+    def predicted_targets(self, sampled: Tensor, rows: np.ndarray) -> np.ndarray:
+        """Absolute joint targets `[B, H, J]` of the sampled (normalized, coded) chunks of
+        `rows`, un-normalized and decoded as `VAMPolicy.predict` does."""
+        coded = self.policy.stats.action.unnormalize(sampled.float().cpu().numpy())
+        return self.policy.actions.decode(coded, self.source.table.state[rows])
+
     def loss(self, model: nn.Module, positions: np.ndarray,
              generator: torch.Generator) -> Tensor:
-        history, future, text, proprio, actions = self._inputs(self.train_rows[positions])
+        history, future, text, proprio, actions = self.inputs(self.train_rows[positions])
         tau_v = sample_tau_v(self.config.tau_v, len(positions), self.policy.device, generator)
         with torch.no_grad():
             features = self.policy.backbone.features(history, text, tau_v, future, generator)
@@ -99,20 +120,18 @@ class IdmStage:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Flow loss and action errors (rad) on evenly spread val samples, fixed noise."""
-        if len(self.val_rows) == 0:
-            return {}
         loop = self.config.loop
-        count = min(len(self.val_rows), loop.eval_batches * loop.batch_size)
-        rows = self.val_rows[np.unique(np.linspace(0, len(self.val_rows) - 1, count).round()
-                                       .astype(np.int64))]
+        batches = validation_batches(self.val_rows, loop.eval_batches * loop.batch_size,
+                                     loop.batch_size)
+        if not batches:
+            return {}
         policy, table = self.policy, self.source.table
-        tau = self.config.eval_tau_v
-        tau = policy.config.backbone.tau_v if tau is None else tau
         generator = torch.Generator(policy.device).manual_seed(loop.seed)
+        count = sum(len(chunk) for chunk in batches)
         loss_sum = error_sum = hold_sum = 0.0
-        for chunk in np.array_split(rows, math.ceil(len(rows) / loop.batch_size)):
-            history, future, text, proprio, actions = self._inputs(chunk)
-            tau_v = torch.full((len(chunk),), tau, device=policy.device)
+        for chunk in batches:
+            history, future, text, proprio, actions = self.inputs(chunk)
+            tau_v = torch.full((len(chunk),), self.eval_tau_v, device=policy.device)
             features = policy.backbone.features(history, text, tau_v, future, generator)
             loss = policy.decoder.loss(features, proprio, actions, tau_v, generator=generator,
                                        text=text)
@@ -120,13 +139,12 @@ class IdmStage:
             sampled = policy.decoder.sample(features, proprio, tau_v,
                                             steps=self.config.eval_flow_steps,
                                             generator=generator, text=text)  # [b, H, J]
-            coded = policy.stats.action.unnormalize(sampled.float().cpu().numpy())
-            predicted = policy.actions.decode(coded, table.state[chunk])  # absolute targets
             truth = table.targets[chunk]
-            error_sum += float(np.abs(predicted - truth).mean()) * len(chunk)
+            error_sum += float(np.abs(self.predicted_targets(sampled, chunk) - truth).mean()
+                               ) * len(chunk)
             hold_sum += float(np.abs(truth - table.state[chunk][:, None]).mean()) * len(chunk)
-        return {"val_loss": loss_sum / len(rows), "val_action_mae_rad": error_sum / len(rows),
-                "val_hold_still_mae_rad": hold_sum / len(rows)}
+        return {"val_loss": loss_sum / count, "val_action_mae_rad": error_sum / count,
+                "val_hold_still_mae_rad": hold_sum / count}
 
     def save(self, folder: Path) -> None:
         save_checkpoint(self.policy, folder / POLICY_DIR, self.embed_backbone)

@@ -85,6 +85,17 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
+def validation_batches(rows: np.ndarray, count: int, batch: int) -> list[np.ndarray]:
+    """Up to `count` of `rows`, evenly spread over them, in batches of at most `batch`: every
+    validation sees the same samples, drawn from the whole split rather than its first
+    episodes. No batches when `rows` is empty."""
+    if len(rows) == 0:
+        return []
+    picked = rows[np.unique(np.linspace(0, len(rows) - 1, min(len(rows), count)).round()
+                            .astype(np.int64))]
+    return np.array_split(picked, math.ceil(len(picked) / batch))
+
+
 # ---- run folder ----------------------------------------------------------------------------
 
 
@@ -185,15 +196,8 @@ class MetricLog:
     @classmethod
     def open(cls, path: Path, keep_until: int) -> MetricLog:
         """Reads earlier records up to step `keep_until` (those of a killed run's tail go)."""
-        records = []
-        if path.is_file() and keep_until > 0:
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short when the run was killed
-                if record.get("step", math.inf) <= keep_until:
-                    records.append(record)
+        earlier = read_metrics(path) if keep_until > 0 else []
+        records = [r for r in earlier if r.get("step", math.inf) <= keep_until]
         log = cls(path, records)
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
         log._written = len(records)
@@ -240,6 +244,20 @@ class MetricLog:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The records of a metrics.jsonl; none when it is missing, lines cut short (by a killed
+    run) skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def smooth(values: np.ndarray, alpha: float = 0.1) -> np.ndarray:

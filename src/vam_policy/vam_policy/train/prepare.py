@@ -20,7 +20,7 @@ from vam_policy.model.backbone_config import is_preset
 from vam_policy.model.checkpoint import BACKBONE_DIR, read_manifest
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.model.policy_config import PolicyConfig, policy_preset
-from vam_policy.train.config import LoopConfig, OptimConfig, PolicySpec, SampleConfig
+from vam_policy.train.config import ConfigError, LoopConfig, OptimConfig, PolicySpec, SampleConfig
 from vam_policy.train.distributed import Dist, init_distributed
 from vam_policy.train.latent_cache import (
     CacheReport,
@@ -84,9 +84,14 @@ def build_policy_config(spec: PolicySpec, dataset: Dataset,
         ):
             bb_overrides["text_encoder_source"] = str(folder)
     config = base.with_backbone(**bb_overrides)
-    if spec.horizon is not None:
-        config = dataclasses.replace(
-            config, decoder=dataclasses.replace(config.decoder, horizon=spec.horizon))
+    decoder = {k: v for k, v in (("horizon", spec.horizon), ("width", spec.decoder_width),
+                                 ("depth", spec.decoder_depth)) if v is not None}
+    if decoder:
+        try:
+            config = dataclasses.replace(
+                config, decoder=dataclasses.replace(config.decoder, **decoder))
+        except ValueError as error:
+            raise ConfigError(f"policy: {error}") from None
     return config
 
 

@@ -15,7 +15,6 @@ sample-efficiency experiment measures what video pretraining adds.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from vam_policy.model.flow import sample_time
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.train.config import LoraSettings, VideoTrainConfig
 from vam_policy.train.latent_cache import LatentSource
+from vam_policy.train.loop import validation_batches
 from vam_policy.train.prepare import TrainResult, open_stage
 
 BACKBONE_DIR = "backbone"
@@ -137,17 +137,15 @@ class VideoStage:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Flow loss on evenly spread val samples, with fixed flow times and noise."""
-        if len(self.val_rows) == 0:
-            return {}
         loop = self.config.loop
-        count = min(len(self.val_rows), loop.eval_batches * loop.batch_size)
-        rows = self.val_rows[np.unique(np.linspace(0, len(self.val_rows) - 1, count).round()
-                                       .astype(np.int64))]
+        batches = validation_batches(self.val_rows, loop.eval_batches * loop.batch_size,
+                                     loop.batch_size)
+        if not batches:
+            return {}
         generator = torch.Generator(self.policy.device).manual_seed(loop.seed)
-        total = 0.0
-        for chunk in np.array_split(rows, math.ceil(len(rows) / loop.batch_size)):
-            total += float(self._loss(self.module, chunk, generator)) * len(chunk)
-        return {"val_loss": total / len(rows)}
+        total = sum(float(self._loss(self.module, chunk, generator)) * len(chunk)
+                    for chunk in batches)
+        return {"val_loss": total / sum(len(chunk) for chunk in batches)}
 
     def save(self, folder: Path) -> None:
         """Nothing beyond the training state, which holds the adapters."""
