@@ -206,7 +206,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("device", _T.STRING, "cuda", "",
           "Torch device for inference.", read_only=True, check=_device_problem),
     _spec("dtype", _T.STRING, "bfloat16", "",
-          "Inference precision of the backbone and decoder.", read_only=True,
+          "Inference precision of the video backbone; the action decoder stays float32.",
+          read_only=True,
           choices=("float32", "float16", "bfloat16")),
     _spec("tau_v", _T.DOUBLE, 1.0, "",
           "Video flow time at which the latent plan is read: 1 = future frames pure noise, one "
