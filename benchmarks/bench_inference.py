@@ -5,9 +5,11 @@
 
 Stages: preprocessing, VAE encoding, text embedding (cold and cached), backbone pass (blocks
 0..read_layer vs the whole transformer, both from prepared inputs), decoder integration (flow
-steps 10/5/2/1), safety filter; and `torch.compile` (inductor) of the backbone prefix and of
-the decoder's velocity network, timed after compiling, beside the eager rows of the same run
-(a row says "unavailable" with the reason when compiling fails, e.g. without a C compiler).
+steps 10/5/2/1; and 10 steps projecting the video tokens to keys and values at every step,
+where `sample` does it once per chunk), safety filter; and `torch.compile` (inductor) of the
+backbone prefix and of the decoder's velocity network, timed after compiling, beside the
+eager rows of the same run (a row says "unavailable" with the reason when compiling fails,
+e.g. without a C compiler).
 Each row carries its analytic FLOPs (benchmarks/flops.py) and its floor: those FLOPs at the
 GEMM rate measured in the same run (bf16 GEMMs of the transformer's shapes on a GPU, float32
 on a CPU). Prints a table and writes JSON under benchmarks/results/. On a CPU only the ratios
@@ -42,6 +44,7 @@ from vam_policy.machine import cpu_name, describe_machine
 from vam_policy.model.backbone import VideoBackbone
 from vam_policy.model.backbone_config import torch_dtype
 from vam_policy.model.decoder import ActionDecoder
+from vam_policy.model.flow import integrate
 from vam_policy.model.policy import NormStats, VAMPolicy
 from vam_policy.model.policy_config import PolicyConfig, policy_preset
 from vam_policy.model.text_encoder import TextEmbeddings
@@ -288,6 +291,11 @@ def run(preset: str, device: str, repeats: int, inputs: str | None = None,
         rows.append(_row(f"decoder, {steps} flow steps", _timed(
             lambda s=steps: policy.decoder.sample(features, proprio, tau, steps=s, text=text),
             repeats, dev)))
+    instruction = policy.decoder._instruction(text)
+    rows.append(_row(flops.RECOMPUTED_KV, _timed(lambda: integrate(
+        lambda x, tau_a: policy.decoder._velocity(x, tau_a, policy.decoder._video(features),
+                                                  proprio, tau, instruction),
+        noise, 10), repeats, dev)))
     rows.append(maybe_compiled(
         "decoder, 10 flow steps, torch.compile velocity", compiled_decoder,
         lambda: policy.decoder.sample(features, proprio, tau, noise=noise, text=text)))
@@ -320,6 +328,8 @@ def run(preset: str, device: str, repeats: int, inputs: str | None = None,
         "new / cached instruction": ratio("text embedding (new instruction)",
                                           "text embedding (cached)"),
         "10 / 1 flow steps": ratio("decoder, 10 flow steps", "decoder, 1 flow steps"),
+        "decoder 10 steps, video tokens projected every step / once per chunk": ratio(
+            flops.RECOMPUTED_KV, "decoder, 10 flow steps"),
         "prefix eager / torch.compile": ratio(prefix, f"{prefix}, torch.compile"),
         "decoder 10 steps eager / torch.compile velocity": ratio(
             "decoder, 10 flow steps", "decoder, 10 flow steps, torch.compile velocity"),

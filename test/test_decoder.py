@@ -282,6 +282,23 @@ def test_video_grid_fixes_the_token_count_and_survives_json() -> None:
         tiny(video_grid=(2, 0, 1))
 
 
+def test_sample_is_euler_on_the_velocity_with_video_keys_computed_once() -> None:
+    """`sample` computes the video tokens' keys and values once per chunk; the chunk is still
+    bit for bit Euler integration of `velocity`, which recomputes them at every call."""
+    torch.manual_seed(0)
+    model = randomize_zero_init(ActionDecoder(tiny(video_grid=(1, 1, N)))).eval()
+    x = inputs()
+    noise = torch.randn(B, H, J)
+    calls = []
+    hook = model.blocks[0].cross_attn.to_k.register_forward_hook(lambda *_: calls.append(1))
+    chunk = model.sample(x["features"], x["proprio"], x["tau_v"], steps=4, noise=noise)
+    hook.remove()
+    assert len(calls) == 1
+    euler = integrate(lambda z, tau: model.velocity(z, tau, x["features"], x["proprio"],
+                                                    x["tau_v"]), noise, 4)
+    assert torch.equal(chunk, euler)
+
+
 def test_sample_is_bit_identical_after_save_and_load() -> None:
     """Same noise + same weights = same chunk, also for a model rebuilt from a checkpoint."""
     torch.manual_seed(0)

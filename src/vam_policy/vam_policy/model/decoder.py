@@ -248,14 +248,22 @@ class DecoderAttention(nn.Module):
         self.norm_k = nn.RMSNorm(width // heads, eps=1e-6)
         self.to_out = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised keys and values `[B, h, N, d]` of `context [B, N, W]`."""
+        k = rearrange(self.to_k(context), "b n (h d) -> b h n d", h=self.heads)
+        v = rearrange(self.to_v(context), "b n (h d) -> b h n d", h=self.heads)
+        return self.norm_k(k), v
+
+    def attend(self, x: Tensor, keys_values: tuple[Tensor, Tensor]) -> Tensor:
+        """`x [B, L, W]` attending over precomputed `keys_values`."""
         q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.heads)  # [B, h, L, d]
-        k = rearrange(self.to_k(context), "b n (h d) -> b h n d", h=self.heads)  # [B, h, N, d]
-        v = rearrange(self.to_v(context), "b n (h d) -> b h n d", h=self.heads)  # [B, h, N, d]
+        k, v = keys_values
         out = F.scaled_dot_product_attention(
-            self.norm_q(q), self.norm_k(k), v,
-            dropout_p=self.dropout if self.training else 0.0)  # [B, h, L, d]
+            self.norm_q(q), k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.to_out(rearrange(out, "b h l d -> b l (h d)"))  # [B, L, W]
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        return self.attend(x, self.keys_values(context))
 
 
 class DecoderBlock(nn.Module):
@@ -279,10 +287,12 @@ class DecoderBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"),
                                  nn.Linear(hidden, width), nn.Dropout(config.dropout))
 
-    def forward(self, x: Tensor, context: Tensor, cond: Tensor, base: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, video: tuple[Tensor, Tensor], cond: Tensor,
+                base: Tensor | None) -> Tensor:
+        """`video`: this block's cross-attention keys and values of the video tokens."""
         # cross-attention to the video feature tokens
         shift, scale, gate = self.mod_cross(cond, base)
-        x = x + gate * self.cross_attn(_modulate(self.norm_cross(x), shift, scale), context)
+        x = x + gate * self.cross_attn.attend(_modulate(self.norm_cross(x), shift, scale), video)
         # self-attention over the proprio + action tokens
         shift, scale, gate = self.mod_self(cond, base)
         h = _modulate(self.norm_self(x), shift, scale)
@@ -375,7 +385,7 @@ class ActionDecoder(nn.Module):
         cfg = self.config
         _check("x_tau", x_tau, "[B, H, J]", (batch, cfg.horizon, cfg.action_dim))
         _check("tau_a", tau_a, "[B]", (batch,), unit_interval=True)
-        return self._velocity(x_tau, tau_a, self._context(features), proprio, tau_v,
+        return self._velocity(x_tau, tau_a, self._video(features), proprio, tau_v,
                               self._instruction(text))
 
     def loss(
@@ -401,8 +411,7 @@ class ActionDecoder(nn.Module):
         eps = torch.randn(actions.shape, device=actions.device, dtype=actions.dtype,
                           generator=generator)  # [B, H, J]
         x_tau = interpolate(actions, eps, tau_a)  # [B, H, J]
-        context = self._context(features)  # [B, N, W]
-        pred = self._velocity(x_tau, tau_a, context, proprio, tau_v,
+        pred = self._velocity(x_tau, tau_a, self._video(features), proprio, tau_v,
                               self._instruction(text))  # [B, H, J]
         return F.mse_loss(pred.float(), velocity_target(actions, eps).float())
 
@@ -434,20 +443,22 @@ class ActionDecoder(nn.Module):
                                 generator=generator)
         else:
             _check("noise", noise, "[B, H, J]", shape)
-        context = self._context(features)  # [B, N, W], reused every step
+        video = self._video(features)  # keys and values per block, reused every step
         instruction = self._instruction(text)  # [B, W] or None, reused every step
 
         def velocity_field(x: Tensor, tau_a: Tensor) -> Tensor:
-            return self._velocity(x, tau_a, context, proprio, tau_v, instruction)
+            return self._velocity(x, tau_a, video, proprio, tau_v, instruction)
 
         return integrate(velocity_field, noise, steps)
 
-    def _context(self, features: Tensor) -> Tensor:
-        """Video feature tokens projected to the decoder width, with their positions."""
+    def _video(self, features: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each block's cross-attention keys and values of the video tokens (projected to the
+        decoder width, with their positions). They do not depend on the flow step, so
+        `sample` computes them once per chunk, not once per step."""
         context = self.feature_proj(self._cast(features))  # [B, N, W]
         if self.video_pos_embed is not None:
             context = context + self.video_pos_embed()
-        return context
+        return [block.cross_attn.keys_values(context) for block in self.blocks]
 
     def _instruction(self, text: Tensor | None) -> Tensor | None:
         """The instruction's embedding `[B, W]`: its token embeddings averaged (padding rows,
@@ -460,8 +471,8 @@ class ActionDecoder(nn.Module):
         return self.text_embed(pooled)
 
     def _velocity(
-        self, x_tau: Tensor, tau_a: Tensor, context: Tensor, proprio: Tensor, tau_v: Tensor,
-        instruction: Tensor | None,
+        self, x_tau: Tensor, tau_a: Tensor, video: list[tuple[Tensor, Tensor]], proprio: Tensor,
+        tau_v: Tensor, instruction: Tensor | None,
     ) -> Tensor:
         """The network on checked inputs, with the video tokens and instruction embedded."""
         # inputs
@@ -471,8 +482,8 @@ class ActionDecoder(nn.Module):
         # conditioning on the flow times (and the instruction)
         cond, base = self.time_embed(tau_v, tau_a, instruction)  # [B, W], [B, 3W] or None
         # blocks
-        for block in self.blocks:
-            tokens = block(tokens, context, cond, base)
+        for block, block_video in zip(self.blocks, video, strict=True):
+            tokens = block(tokens, block_video, cond, base)
         # output: velocities of the action tokens only
         return self.output(tokens[:, 1:], cond).to(x_tau.dtype)  # [B, H, J]
 
