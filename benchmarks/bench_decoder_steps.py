@@ -16,7 +16,6 @@ benchmarks/results/. On a CPU only the time ratios mean much.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from results_io import write_result
 
 from vam_policy.data.dataset import load_dataset
 from vam_policy.machine import describe_machine
@@ -39,7 +39,6 @@ from vam_policy.train.prepare import open_latents
 from vam_policy.train.samples import SampleSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 STEPS = (10, 5, 3, 2, 1)
 
 
@@ -197,10 +196,7 @@ def main() -> None:
               f"{row['time_vs_10_steps']:>8.2f}")
     print("training's validation on this checkpoint: " + ", ".join(
         f"{k} {v:.4f}" for k, v in result["training_validation"].items()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"decoder_steps_{torch.device(args.device).type}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(f"decoder_steps_{torch.device(args.device).type}", result)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ ratios mean much.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -46,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from results_io import write_result
 
 from vam_policy.machine import describe_machine
 from vam_policy.model.backbone import SIGMA_DATA, VideoBackbone
@@ -57,7 +57,6 @@ from vam_policy.sim.experts import make_expert
 from vam_policy.sim.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 SETTLE_S = 0.3  # as `run_expert_episode`
 NOISE_SEED = 0
 VARIANTS = ("stream", "stream, fresh first latent")
@@ -365,10 +364,7 @@ def main() -> None:
               f"{row['arm_max_rad']:>12.4f} {row['gripper_max']:>12.4f}")
     print(f"predict() vs this script's chunk from window latents: max |diff| "
           f"{result['predict_mirror_max_abs_diff']:.1e}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "history_reuse_cpu.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("history_reuse_cpu", result)
 
 
 if __name__ == "__main__":

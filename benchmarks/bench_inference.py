@@ -29,16 +29,15 @@ import argparse
 import copy
 import dataclasses
 import gc
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import flops
 import numpy as np
 import torch
+from results_io import write_result
 
 from vam_policy.machine import cpu_name, describe_machine
 from vam_policy.model.backbone import VideoBackbone
@@ -50,7 +49,6 @@ from vam_policy.model.policy_config import PolicyConfig, policy_preset
 from vam_policy.model.text_encoder import TextEmbeddings
 from vam_policy.ros.safety import SafetyLimits, filter_targets
 
-RESULTS = Path(__file__).resolve().parent / "results"
 JOINTS = [f"joint{i}" for i in range(1, 8)]
 INSTRUCTION = "lift the red cube"
 
@@ -399,14 +397,11 @@ def main() -> None:
     if args.preset != "tiny" and torch.device(args.device).type != "cuda":
         parser.error(f"--preset {args.preset} builds the 2B model: run it with --device cuda")
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for inputs in args.inputs or ([None] if args.preset == "tiny" else ["deploy", "paper"]):
         result = run(args.preset, args.device, args.repeats, inputs, not args.no_compile)
         _print(result)
         name = args.preset if inputs is None else f"{args.preset}-{inputs}"
-        out = RESULTS / f"inference_{name}_{torch.device(args.device).type}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_result(f"inference_{name}_{torch.device(args.device).type}", result)
         torch._dynamo.reset()
         gc.collect()
         if torch.cuda.is_available():

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import time
@@ -88,6 +87,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 import numpy as np
 import torch
 from diffusers import CosmosTransformer3DModel
+from results_io import write_result
 from torch import nn
 
 from vam_policy.machine import describe_machine
@@ -102,7 +102,6 @@ except ImportError as error:  # pragma: no cover - depends on the optional insta
     raise SystemExit(f"mimic-video is not importable ({error}); install it as the module "
                      "docstring says and put the folder on PYTHONPATH") from None
 
-RESULTS = Path(__file__).resolve().parent / "results"
 JOINTS = tuple(f"joint{i}" for i in range(1, 8))
 INSTRUCTION = "lift the red cube"
 FLOW_STEPS = 10
@@ -440,10 +439,7 @@ def main() -> None:
                 "this run only.",
     }
     _print(result)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "mimic_video_cpu.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("mimic_video_cpu", result)
 
 
 if __name__ == "__main__":

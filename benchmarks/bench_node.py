@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from results_io import RESULTS
 
 from vam_policy.machine import describe_machine
 from vam_policy.ros.isolation import local_ros_env
@@ -36,7 +37,6 @@ from vam_policy.ros.parameters import load_parameters_file
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "config" / "sim_panda.yaml"
 FEEDER = ROOT / "test" / "peers" / "sensor_feeder.py"
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build_checkpoint(folder: Path, joints: list[str]) -> Path:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from results_io import write_result
 
 from vam_policy.data.dataset import build_dataset, load_dataset
 from vam_policy.data.episodes import EpisodeOptions, RecordingProfile
@@ -29,7 +29,6 @@ from vam_policy.train.config import IdmTrainConfig, load_train_config
 from vam_policy.train.idm import train_idm
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 WARMUP_STEPS = 5
 
 
@@ -99,10 +98,7 @@ def main() -> None:
         print(f"{row['mode']:30s} {row['steps_per_s']:9.1f}")
     print(f"cache vs no cache: {result['speedup_cache_vs_no_cache']:.1f}x; building the cache "
           f"(with set-up) took {result['cache_build_s_incl_setup']:.1f} s")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "training_cpu.json"
-    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(f"wrote {path}")
+    write_result("training_cpu", result)
 
 
 if __name__ == "__main__":

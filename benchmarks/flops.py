@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan
+from results_io import write_result
 
 from vam_policy.model.backbone import VideoBackbone
 from vam_policy.model.backbone_config import (
@@ -38,7 +37,6 @@ from vam_policy.model.backbone_config import (
 from vam_policy.model.decoder import _FREQ_DIM, ActionDecoder, DecoderConfig
 from vam_policy.model.policy_config import PolicyConfig, policy_preset
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ARCH_2B = "cosmos-predict2-2b"
 H100_DENSE_BF16_TFLOPS = 989.0
 """H100 SXM datasheet dense bf16 rate: an analytic floor only; bench_inference measures one."""
@@ -419,9 +417,7 @@ def main() -> None:
     print(f"{'':<58}" + "".join(f"{name:>20}" for name in tables))
     for label, cells in _table(tables):
         print(f"{label:<58}" + "".join(f"{cell:>20}" for cell in cells))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "flops_2b_analytic.json"
-    out.write_text(json.dumps({
+    write_result("flops_2b_analytic", {
         "benchmark": "flops",
         "kind": "analytic",
         "note": "FLOPs (2 per multiply-add of dense layers, convolutions, attention products; "
@@ -429,8 +425,7 @@ def main() -> None:
                 "batch 1, the 2B architecture; the floor uses the H100 datasheet dense bf16 "
                 "rate. Nothing here is measured.",
         "configs": tables,
-    }, indent=2) + "\n")
-    print(f"wrote {out}")
+    })
 
 
 if __name__ == "__main__":

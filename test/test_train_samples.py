@@ -12,7 +12,7 @@ from vam_policy.data.dataset import build_dataset
 from vam_policy.data.episodes import Episode, RecordingProfile
 from vam_policy.model.backbone_config import COSMOS_PREDICT2_2B_HUB_ID
 from vam_policy.model.transforms import ActionCoding, Normalizer
-from vam_policy.train.config import ConfigError, PolicySpec, SampleConfig
+from vam_policy.train.config import ConfigError, PolicySpec, SampleConfig, VideoTrainConfig
 from vam_policy.train.idm import oversample_start
 from vam_policy.train.prepare import build_policy_config
 from vam_policy.train.samples import (
@@ -159,7 +159,8 @@ def test_decoder_size_comes_from_the_spec(dataset) -> None:
 
 
 def test_start_anchors_are_drawn_more_often() -> None:
-    """Anchors before data.start_s repeat start_repeat times, the rest stay once, in order."""
+    """Anchors before data.start_s repeat start_repeat times, the rest stay once, in order;
+    a stage-1 config, which would ignore them, refuses them."""
     rows = np.array([10, 11, 12, 13])
     anchor_s = np.array([0.0, 0.5, 1.0, 1.5])
     out = oversample_start(rows, anchor_s, SampleConfig(start_s=1.0, start_repeat=3))
@@ -167,3 +168,5 @@ def test_start_anchors_are_drawn_more_often() -> None:
     assert oversample_start(rows, anchor_s, SampleConfig()).tolist() == rows.tolist()
     with pytest.raises(ConfigError, match="start_repeat"):
         SampleConfig(start_s=1.0, start_repeat=0)
+    with pytest.raises(ConfigError, match="stage 1"):
+        VideoTrainConfig(data=SampleConfig(start_s=1.0, start_repeat=3))

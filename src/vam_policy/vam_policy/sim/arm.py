@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 # mujoco comes through `scene`, which chooses the headless GL backend before mujoco loads.
-from vam_policy.sim.scene import ARM_JOINTS, CAMERA_NAME, FINGER_TRAVEL_M, TabletopScene, mujoco
+from vam_policy.sim.scene import (
+    ARM_JOINTS,
+    CAMERA_NAME,
+    FINGER_TRAVEL_M,
+    GRIP_SITE,
+    TabletopScene,
+    mujoco,
+)
 from vam_policy.sim.tasks import Task, get_task
 
 # robosuite's MuJoCo timestep is 2 ms; a control period must be a whole number of them.
@@ -125,6 +132,7 @@ class SimArm:
         self._render_option = mujoco.MjvOption()
         self._render_option.geomgroup[0] = 0
         self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        self._grip_site = self._model.site(GRIP_SITE).id
         self._task: Task | None = None
         self._start_cubes: dict[str, np.ndarray] = {}
         self._observation: Observation | None = None
@@ -200,6 +208,10 @@ class SimArm:
         return {
             color: self._data.xpos[body].copy() for color, body in self._scene.cube_body_ids.items()
         }
+
+    def grip_position(self) -> np.ndarray:
+        """Privileged: the point between the fingertips (world xyz, metres)."""
+        return self._data.site_xpos[self._grip_site].copy()
 
     def cube_yaws(self) -> dict[str, float]:
         """Privileged: each cube's rotation about the vertical (rad)."""

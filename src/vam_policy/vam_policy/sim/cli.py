@@ -1,7 +1,9 @@
 """`vam sim record`: scripted demonstrations of the simulated arm, written as rosbag2.
+`vam sim diagnose`: where a checkpoint fails on the simulated arm (see `sim/diagnose.py`).
 
-The recording module (robosuite, MuJoCo, rosbags) is imported when the verb runs, so other
-verbs start without it. A bad profile, task or output folder is reported as one line on stderr.
+The sim modules (robosuite, MuJoCo, rosbags, torch) are imported when a verb runs, so other
+verbs start without them. A bad profile, task, checkpoint or output folder is reported as one
+line on stderr.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import sys
 from pathlib import Path
 
 DEFAULT_PROFILE = Path("config/sim_panda.yaml")
+DEFAULT_TASKS = ["lift_red", "lift_green", "lift_blue", "push_red_left", "push_green_left",
+                 "push_blue_left"]
 
 
 def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add `sim record` to the `vam` parser."""
-    sim = subparsers.add_parser("sim", help="the simulated arm: record expert demonstrations")
+    """Add `sim record` and `sim diagnose` to the `vam` parser."""
+    sim = subparsers.add_parser("sim", help="the simulated arm: record expert demonstrations, "
+                                "diagnose a checkpoint")
     verbs = sim.add_subparsers(dest="sim_verb", required=True, metavar="VERB")
     record = verbs.add_parser(
         "record", help="run the scripted experts (no ROS, faster than real time) and write one "
@@ -32,6 +37,24 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="profile with vam_sim_node and vam_policy_node sections "
                         "(default %(default)s)")
     record.set_defaults(func=run_sim_record)
+    diagnose = verbs.add_parser(
+        "diagnose", help="roll a checkpoint out in-process (no ROS) on held-out layouts, alone "
+        "and after the expert's approach: does it fail to find the cube or to finish the task?")
+    diagnose.add_argument("--checkpoint", required=True, type=Path,
+                          help="policy checkpoint folder")
+    diagnose.add_argument("--tasks", type=_task_list, default=DEFAULT_TASKS,
+                          metavar="TASK[,TASK...]",
+                          help=f"sim tasks (default {','.join(DEFAULT_TASKS)})")
+    diagnose.add_argument("--episodes", type=int, default=4, metavar="N",
+                          help="layouts of each task (default %(default)s)")
+    diagnose.add_argument("--seed", type=int, default=1000,
+                          help="first layout seed (default %(default)s, the evaluation's)")
+    diagnose.add_argument("--out", type=Path, default=None,
+                          help="folder for diagnosis.json and diagnosis.md (default: print only)")
+    diagnose.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
+                          help="profile whose vam_sim_node section sets up the arm and whose "
+                          "execute_steps the policy re-plans by (default %(default)s)")
+    diagnose.set_defaults(func=run_sim_diagnose)
 
 
 def _task_list(text: str) -> list[str]:
@@ -52,3 +75,30 @@ def run_sim_record(args: argparse.Namespace) -> int:
         print(f"vam sim record: {error}", file=sys.stderr)
         return 2
     return 0 if any(r.success for r in results) else 1
+
+
+def run_sim_diagnose(args: argparse.Namespace) -> int:
+    """Exit 0 after printing the table, 2 on bad arguments or an unreadable checkpoint."""
+    from vam_policy.model.checkpoint import load_checkpoint
+    from vam_policy.ros.parameters import load_parameters_file
+    from vam_policy.sim.arm import SimArm
+    from vam_policy.sim.diagnose import diagnose, markdown_table, summarize, write_report
+    from vam_policy.sim.recording import load_sim_settings, sim_config
+
+    try:
+        if args.episodes < 1:
+            raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
+        execute_steps = int(load_parameters_file(args.profile)["execute_steps"])
+        config = sim_config(load_sim_settings(args.profile))
+        policy = load_checkpoint(args.checkpoint).eval()
+        with SimArm(config) as arm:
+            episodes = diagnose(policy, arm, args.tasks, args.episodes, args.seed,
+                                execute_steps)
+    except (ValueError, KeyError, OSError) as error:
+        print(f"vam sim diagnose: {error}", file=sys.stderr)
+        return 2
+    print(markdown_table(summarize(episodes)), end="")
+    if args.out is not None:
+        for path in write_report(args.out, str(args.checkpoint), execute_steps, episodes):
+            print(f"wrote {path}")
+    return 0

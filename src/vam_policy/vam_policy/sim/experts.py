@@ -204,6 +204,12 @@ class ScriptedExpert:
                                     GRIPPER_MAX_ACCEL, self._period_s)
 
     @property
+    def approach_s(self) -> float:
+        """Time from reset to the end of the first waypoint: the approach (above the cube to
+        lift it, beside it to push it), which only the cube's position decides."""
+        return float(self._ends[0])
+
+    @property
     def duration_s(self) -> float:
         """Time from reset to the end of the last waypoint."""
         return float(self._ends[-1])

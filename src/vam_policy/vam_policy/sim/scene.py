@@ -63,6 +63,7 @@ TABLE_TOP_Z = 0.8
 CAMERA_NAME = "agentview"
 CAMERA_POS: tuple[float, float, float] = (0.42, 0.0, 1.22)
 CAMERA_TARGET: tuple[float, float, float] = (-0.04, 0.0, 0.82)
+CAMERA_FOVY_DEG = 45.0
 # Joint-space gains: stiff enough to reach an absolute target within ~1e-3 rad (ENVIRONMENT.md).
 ARM_KP = 150.0
 
@@ -160,7 +161,8 @@ class TabletopScene(ManipulationEnv):
             table_offset=(0.0, 0.0, TABLE_TOP_Z),
         )
         arena.set_origin([0, 0, 0])
-        arena.set_camera(CAMERA_NAME, pos=CAMERA_POS, quat=look_at_quat(CAMERA_POS, CAMERA_TARGET))
+        arena.set_camera(CAMERA_NAME, pos=CAMERA_POS, quat=look_at_quat(CAMERA_POS, CAMERA_TARGET),
+                         camera_attribs={"fovy": str(CAMERA_FOVY_DEG)})
         self.cubes = {
             color: BoxObject(
                 name=f"{color}_cube",

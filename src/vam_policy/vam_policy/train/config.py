@@ -279,6 +279,10 @@ class VideoTrainConfig:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"objective: expected one of {OBJECTIVES}, got "
                               f"{self.objective!r}.{hint}")
+        if self.data.start_s > 0 or self.data.start_repeat > 1:
+            raise ConfigError("data.start_s and data.start_repeat weight stage 2's action "
+                              "samples; stage 1 (video) draws every clip alike, so leave them "
+                              "unset here")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,197 @@
+"""`vam sim diagnose`: where a checkpoint fails on the simulated arm, reaching or finishing.
+
+Every layout is rolled out in-process (no ROS, simulated time): the policy predicts a chunk
+from its camera history, the instruction and the joint state; the arm follows the chunk,
+interpolated in time from the state it was predicted at (as a JointTrajectoryController does),
+and the policy re-plans every `execute_steps` actions (the profile's). Each layout runs twice:
+
+- alone: the policy from the start. Where its grip site is when the scripted expert ends its
+  approach (above the cube to lift it, beside it to push it) against where the expert's is then
+  is the *approach error*: along x (depth: the cubes' rows) and y (across the table).
+- handed over: the expert drives until the end of its approach, then the policy.
+
+A policy that fails alone but succeeds handed over does not find the named cube; one that fails
+both does not finish the task. `vam eval` measures the ROS path, with the node's timing, blending
+and safety filter, which this leaves out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from vam_policy.model.policy import VAMPolicy
+from vam_policy.model.transforms import FrameHistory
+from vam_policy.sim.arm import Command, Observation, SimArm
+from vam_policy.sim.experts import make_expert
+from vam_policy.sim.tasks import get_task
+
+# Within this distance of the expert's grip site at the end of its approach, a lift still
+# succeeds (measured with the expert aimed at wrongly placed cubes: 2 cm across the table).
+REACH_TOLERANCE_M = 0.02
+
+
+class ChunkFollower:
+    """Drives the arm with `policy`'s chunks: a history of camera frames at the model's fps,
+    a chunk every `execute_steps` actions, targets interpolated between its points."""
+
+    def __init__(self, policy: VAMPolicy, instruction: str, execute_steps: int,
+                 seed: int) -> None:
+        if not 1 <= execute_steps <= policy.config.horizon:
+            raise ValueError(f"execute_steps must be in [1, {policy.config.horizon}] (the "
+                             f"chunk's horizon), got {execute_steps}")
+        self._policy = policy
+        self._instruction = instruction
+        self._replan_s = execute_steps * policy.config.action_dt
+        self._seed = seed
+        self._history = FrameHistory()
+        self._chunk_start_s: float | None = None
+        self._times = np.arange(policy.config.horizon + 1) * policy.config.action_dt
+        self._points = np.empty(0)
+        self._chunks = 0
+
+    def observe(self, observation: Observation) -> None:
+        """Add the camera frame. The first one also stands for the still scene before it, as
+        training pads the history of an episode's first anchors."""
+        cfg = self._policy.config
+        if self._history.newest_stamp is None:
+            self._history.push(observation.time - (cfg.history_frames - 1) / cfg.fps,
+                               observation.rgb)
+        if observation.time > self._history.newest_stamp:
+            self._history.push(observation.time, observation.rgb)
+
+    def command(self, observation: Observation, period_s: float) -> Command:
+        """The command for the control period starting at `observation` (observed already)."""
+        t = observation.time
+        if self._chunk_start_s is None or t - self._chunk_start_s >= self._replan_s - 1e-6:
+            cfg = self._policy.config
+            frames = self._history.sample(t, cfg.history_frames, cfg.fps)
+            state = np.r_[observation.joint_positions, observation.gripper_opening]
+            chunk = self._policy.predict(frames, state, self._instruction,
+                                         seed=self._seed * 1000 + self._chunks)
+            self._points = np.vstack([state, chunk])  # [1 + H, J]
+            self._chunk_start_s = t
+            self._chunks += 1
+        # Aim where the trajectory is one period from now, when the command will have acted.
+        elapsed = t + period_s - self._chunk_start_s
+        target = np.array([np.interp(elapsed, self._times, joint) for joint in self._points.T])
+        return Command(joint_targets=target[:-1], gripper=float(np.clip(target[-1], 0.0, 1.0)))
+
+
+@dataclass(frozen=True)
+class EpisodeDiagnosis:
+    """One layout of one task, rolled out alone and handed over."""
+
+    task: str
+    seed: int
+    success: bool
+    success_handed_over: bool
+    approach_s: float
+    approach_error_m: tuple[float, float]  # policy - expert grip site at approach_s: x, y
+
+
+def grip_xy(arm: SimArm) -> np.ndarray:
+    """The grip site's world x, y (m)."""
+    return arm.grip_position()[:2]
+
+
+def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int,
+                     execute_steps: int) -> EpisodeDiagnosis:
+    """Roll `task` at `seed` out alone and handed over (module docstring)."""
+    period_s = 1.0 / arm.config.control_hz
+    # The expert alone, to its approach's end: where the policy should be by then.
+    observation = arm.reset(task, seed)
+    expert = make_expert(arm)
+    while observation.time < expert.approach_s - 1e-9:
+        observation = arm.apply(expert.act(observation))
+    expert_xy = grip_xy(arm)
+
+    results = []
+    for handover_s in (0.0, expert.approach_s):
+        observation = arm.reset(task, seed)
+        expert = make_expert(arm)
+        follower = ChunkFollower(policy, arm.task.instruction, execute_steps, seed)
+        policy_xy = None
+        while not arm.truncated and not arm.success():
+            follower.observe(observation)
+            if policy_xy is None and observation.time >= expert.approach_s - 1e-9:
+                policy_xy = grip_xy(arm)
+            if observation.time < handover_s - 1e-9:
+                observation = arm.apply(expert.act(observation))
+            else:
+                observation = arm.apply(follower.command(observation, period_s))
+        if policy_xy is None:  # solved before the expert would have approached
+            policy_xy = grip_xy(arm)
+        results.append((arm.success(), policy_xy))
+    (alone, policy_xy), (handed_over, _) = results
+    error = policy_xy - expert_xy
+    return EpisodeDiagnosis(task, seed, alone, handed_over, expert.approach_s,
+                            (float(error[0]), float(error[1])))
+
+
+def summarize(episodes: Sequence[EpisodeDiagnosis]) -> list[dict[str, Any]]:
+    """Per task (in first-seen order) and over all: success alone and handed over, mean
+    absolute approach error along x and y, and the share of approaches within tolerance."""
+    groups: dict[str, list[EpisodeDiagnosis]] = {}
+    for episode in episodes:
+        groups.setdefault(episode.task, []).append(episode)
+    if len(groups) > 1:
+        groups["all"] = list(episodes)
+    rows = []
+    for task, group in groups.items():
+        errors = np.abs(np.array([e.approach_error_m for e in group]))  # [N, 2]
+        rows.append({
+            "task": task,
+            "episodes": len(group),
+            "success": float(np.mean([e.success for e in group])),
+            "success_handed_over": float(np.mean([e.success_handed_over for e in group])),
+            "approach_error_x_m": float(errors[:, 0].mean()),
+            "approach_error_y_m": float(errors[:, 1].mean()),
+            "approach_within_tolerance": float(np.mean(errors.max(axis=1)
+                                                       <= REACH_TOLERANCE_M)),
+        })
+    return rows
+
+
+def diagnose(policy: VAMPolicy, arm: SimArm, tasks: Sequence[str], episodes: int,
+             first_seed: int, execute_steps: int,
+             progress: bool = True) -> list[EpisodeDiagnosis]:
+    """`episodes` layouts of each task (seeds first_seed, first_seed + 1, ...)."""
+    for task in tasks:
+        get_task(task)  # a typo fails before any rollout
+    runs = [(task, first_seed + k) for task in tasks for k in range(episodes)]
+    return [diagnose_episode(arm, policy, task, seed, execute_steps)
+            for task, seed in tqdm(runs, desc="diagnose", unit="layout", disable=not progress)]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The summary as a Markdown table (errors in cm)."""
+    lines = ["| task | layouts | success | success, expert approach first | approach error x (cm) "
+             "| approach error y (cm) | approaches within 2 cm |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['task']} | {row['episodes']} | {row['success']:.0%} "
+                     f"| {row['success_handed_over']:.0%} | {100 * row['approach_error_x_m']:.1f} "
+                     f"| {100 * row['approach_error_y_m']:.1f} "
+                     f"| {row['approach_within_tolerance']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, checkpoint: str, execute_steps: int,
+                 episodes: Sequence[EpisodeDiagnosis]) -> tuple[Path, Path]:
+    """`diagnosis.json` (every layout and the summary) and `diagnosis.md` in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(episodes)
+    report = {"checkpoint": checkpoint, "execute_steps": execute_steps,
+              "reach_tolerance_m": REACH_TOLERANCE_M, "summary": rows,
+              "episodes": [asdict(e) for e in episodes]}
+    json_path, md_path = out / "diagnosis.json", out / "diagnosis.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(f"# Diagnosis of `{checkpoint}`\n\n{markdown_table(rows)}")
+    return json_path, md_path

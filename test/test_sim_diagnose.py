@@ -1,0 +1,123 @@
+"""`vam sim diagnose`: the in-process chunk follower, the summary, and the verb on the shipped
+checkpoint with real MuJoCo physics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from vam_policy.model.policy import VAMPolicy
+from vam_policy.model.policy_config import policy_preset
+from vam_policy.ros.parameters import load_parameters_file
+from vam_policy.sim.arm import Observation
+from vam_policy.sim.diagnose import (
+    REACH_TOLERANCE_M,
+    ChunkFollower,
+    EpisodeDiagnosis,
+    summarize,
+)
+
+PROFILE = REPO_ROOT / "config" / "sim_panda.yaml"
+SHIPPED = REPO_ROOT / "models" / "sim_panda" / "policy"
+INSTRUCTION = "lift the red cube"
+
+
+@pytest.fixture(scope="module")
+def policy() -> VAMPolicy:
+    torch.manual_seed(0)
+    joints = load_parameters_file(PROFILE)["joint_names"]
+    return VAMPolicy.build(policy_preset("tiny", joint_names=joints)).eval()
+
+
+def _observation(t: float, rng: np.random.Generator) -> Observation:
+    return Observation(rgb=rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+                       joint_positions=rng.uniform(-0.5, 0.5, 7),
+                       joint_velocities=np.zeros(7), gripper_opening=0.5, time=t)
+
+
+def test_follower_plays_each_chunk_in_time_then_replans(policy: VAMPolicy) -> None:
+    """A chunk predicted at t0 from the first frame (standing for the still scene before it)
+    is followed point by point: one period ahead of each observation, the command is the
+    chunk interpolated from the state it started at; after execute_steps actions it re-plans
+    from the state and frames of that moment, with the next seed."""
+    cfg, rng, period = policy.config, np.random.default_rng(0), 0.05
+    follower = ChunkFollower(policy, INSTRUCTION, execute_steps=3, seed=7)
+    first = _observation(2.0, rng)
+    follower.observe(first)
+    start = np.r_[first.joint_positions, first.gripper_opening]
+    chunk = policy.predict(np.stack([first.rgb] * cfg.history_frames), start, INSTRUCTION,
+                           seed=7000)
+    command = follower.command(first, period)
+    expected = start + period / cfg.action_dt * (chunk[0] - start)
+    np.testing.assert_allclose(command.joint_targets, expected[:7], atol=1e-6)
+    for k in (1, 2):  # one period before point k is due, the command is point k-1 exactly
+        later = _observation(2.0 + k * cfg.action_dt - period, rng)
+        follower.observe(later)
+        command = follower.command(later, period)
+        np.testing.assert_allclose(command.joint_targets, chunk[k - 1, :7], atol=1e-6)
+        assert command.gripper == pytest.approx(np.clip(chunk[k - 1, 7], 0.0, 1.0), abs=1e-6)
+
+    replan = _observation(2.0 + 3 * cfg.action_dt, rng)
+    follower.observe(replan)
+    state = np.r_[replan.joint_positions, replan.gripper_opening]
+    history = follower._history.sample(replan.time, cfg.history_frames, cfg.fps)
+    new_chunk = policy.predict(history, state, INSTRUCTION, seed=7001)
+    command = follower.command(replan, period)
+    expected = state + period / cfg.action_dt * (new_chunk[0] - state)
+    np.testing.assert_allclose(command.joint_targets, expected[:7], atol=1e-6)
+    with pytest.raises(ValueError, match="execute_steps"):
+        ChunkFollower(policy, INSTRUCTION, execute_steps=cfg.horizon + 1, seed=0)
+
+
+def test_summary_rates_errors_and_tolerance() -> None:
+    """Per task and over all: success shares, mean absolute approach error per axis, and the
+    share of approaches within the tolerance on both axes."""
+    episodes = [
+        EpisodeDiagnosis("lift_red", 1000, False, True, 1.6, (-0.10, 0.01)),
+        EpisodeDiagnosis("lift_red", 1001, True, True, 1.6, (0.01, -0.015)),
+        EpisodeDiagnosis("push_red_left", 1000, False, False, 2.4, (0.0, 0.03)),
+    ]
+    rows = {row["task"]: row for row in summarize(episodes)}
+    assert list(rows) == ["lift_red", "push_red_left", "all"]
+    lift = rows["lift_red"]
+    assert (lift["episodes"], lift["success"], lift["success_handed_over"]) == (2, 0.5, 1.0)
+    assert lift["approach_error_x_m"] == pytest.approx(0.055)
+    assert lift["approach_error_y_m"] == pytest.approx(0.0125)
+    assert lift["approach_within_tolerance"] == 0.5
+    assert rows["push_red_left"]["approach_within_tolerance"] == 0.0  # 3 cm > 2 cm
+    assert rows["all"]["success"] == pytest.approx(1 / 3)
+    assert REACH_TOLERANCE_M == 0.02
+
+
+def _diagnose(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vam_policy.cli", "sim", "diagnose", *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_diagnose_the_shipped_checkpoint(tmp_path: Path) -> None:
+    """One lift layout, alone and handed over after the expert's 1.6 s approach: the table is
+    printed and the report written; a missing checkpoint is one line and exit 2."""
+    done = _diagnose("--checkpoint", str(SHIPPED), "--tasks", "lift_red", "--episodes", "1",
+                     "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "| lift_red | 1 |" in done.stdout
+    report = json.loads((tmp_path / "diagnosis.json").read_text())
+    (episode,) = report["episodes"]
+    assert (episode["task"], episode["seed"], episode["approach_s"]) == ("lift_red", 1000, 1.6)
+    assert np.all(np.isfinite(episode["approach_error_m"]))
+    assert report["execute_steps"] == load_parameters_file(PROFILE)["execute_steps"]
+    assert "| lift_red | 1 |" in (tmp_path / "diagnosis.md").read_text()
+
+    missing = _diagnose("--checkpoint", str(tmp_path / "nothing"), "--episodes", "1")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("vam sim diagnose:") and missing.stderr.count("\n") == 1
