@@ -222,6 +222,24 @@ def test_runtime_parameter_changes_are_checked_and_applied(robot: Robot) -> None
     assert max(len(e["positions"]) for e in robot.events("trajectory", since=reply["t"])) > 2
 
 
+def test_replan_steps_spaces_the_observations_chunks_start_from(robot: Robot) -> None:
+    """replan_steps k: each chunk starts from an observation k chunk steps (k * 0.1 s) after
+    the one before; 0: from the next newer camera frame."""
+    robot.ensure_running()
+    reply = robot.command("set_params", params={"replan_steps": 6})
+    assert reply["results"] == [{"successful": True, "reason": ""}]
+    time.sleep(3.0)
+    chunks = robot.events("chunk", since=reply["t"] + 0.8)
+    gaps = np.diff([chunk["observation_stamp"] for chunk in chunks])
+    assert len(gaps) >= 2 and np.all(gaps >= 0.6 - 0.002), gaps
+    reply = robot.command("set_params", params={"replan_steps": 0})
+    assert reply["results"] == [{"successful": True, "reason": ""}]
+    time.sleep(2.0)
+    chunks = robot.events("chunk", since=reply["t"] + 0.8)
+    gaps = np.diff([chunk["observation_stamp"] for chunk in chunks])
+    assert len(gaps) >= 2 and np.median(gaps) < 0.3, gaps
+
+
 def test_pause_stops_trajectories_and_resume_restarts_them(robot: Robot) -> None:
     robot.ensure_running()
     reply = robot.command("trigger", service="pause")

@@ -46,10 +46,10 @@ def _observation(t: float, rng: np.random.Generator) -> Observation:
 def test_follower_plays_each_chunk_in_time_then_replans(policy: VAMPolicy) -> None:
     """A chunk predicted at t0 from the first frame (standing for the still scene before it)
     is followed point by point: one period ahead of each observation, the command is the
-    chunk interpolated from the state it started at; after execute_steps actions it re-plans
+    chunk interpolated from the state it started at; after replan_steps actions it re-plans
     from the state and frames of that moment, with the next seed."""
     cfg, rng, period = policy.config, np.random.default_rng(0), 0.05
-    follower = ChunkFollower(policy, INSTRUCTION, execute_steps=3, seed=7)
+    follower = ChunkFollower(policy, INSTRUCTION, replan_steps=3, seed=7)
     first = _observation(2.0, rng)
     follower.observe(first)
     start = np.r_[first.joint_positions, first.gripper_opening]
@@ -73,8 +73,8 @@ def test_follower_plays_each_chunk_in_time_then_replans(policy: VAMPolicy) -> No
     command = follower.command(replan, period)
     expected = state + period / cfg.action_dt * (new_chunk[0] - state)
     np.testing.assert_allclose(command.joint_targets, expected[:7], atol=1e-6)
-    with pytest.raises(ValueError, match="execute_steps"):
-        ChunkFollower(policy, INSTRUCTION, execute_steps=cfg.horizon + 1, seed=0)
+    with pytest.raises(ValueError, match="replan_steps"):
+        ChunkFollower(policy, INSTRUCTION, replan_steps=cfg.horizon + 1, seed=0)
 
 
 def test_summary_rates_errors_and_tolerance() -> None:
@@ -115,7 +115,7 @@ def test_diagnose_the_shipped_checkpoint(tmp_path: Path) -> None:
     (episode,) = report["episodes"]
     assert (episode["task"], episode["seed"], episode["approach_s"]) == ("lift_red", 1000, 1.6)
     assert np.all(np.isfinite(episode["approach_error_m"]))
-    assert report["execute_steps"] == load_parameters_file(PROFILE)["execute_steps"]
+    assert report["replan_steps"] == max(1, load_parameters_file(PROFILE).get("replan_steps", 0))
     assert "| lift_red | 1 |" in (tmp_path / "diagnosis.md").read_text()
 
     missing = _diagnose("--checkpoint", str(tmp_path / "nothing"), "--episodes", "1")

@@ -89,9 +89,11 @@ class InferenceWorker:
     """Loops while the node runs: newest observation -> policy.predict -> `on_result`.
 
     Waits for `running`, then for frames newer than the last observation used, so it never
-    predicts twice from the same frames. `epoch()` is read before each prediction and handed
-    back with the result: the node bumps it on pause, fault and instruction change, and drops
-    results of an older epoch, so a chunk computed before a hold never runs after it.
+    predicts twice from the same frames, and with `replan_steps` k > 0 for frames k chunk
+    steps newer (within the same epoch), so the arm follows each chunk that long. `epoch()` is
+    read before each prediction and handed back with the result: the node bumps it on pause,
+    fault and instruction change, and drops results of an older epoch, so a chunk computed
+    before a hold never runs after it.
     `settings()` is read each iteration, so runtime changes of tau_v and flow_steps apply to
     the next prediction. A ValueError from the observation or the policy goes to `on_error`.
     """
@@ -129,12 +131,17 @@ class InferenceWorker:
     def _loop(self) -> None:
         config = self._policy.config
         last_stamp_ns: int | None = None
+        last_epoch: int | None = None
         while not self._stop.is_set():
             if not self._running.wait(0.1):
                 continue
-            if not self._buffers.wait_for_frames_after(last_stamp_ns, timeout_s=0.1):
-                continue
             settings = self._settings()
+            after_ns = last_stamp_ns
+            if last_stamp_ns is not None and last_epoch == self._epoch():
+                # A frame stamped within a millisecond of the replan time counts as on time.
+                after_ns += max(0, round(settings.replan_steps * config.action_dt * 1e9) - 10**6)
+            if not self._buffers.wait_for_frames_after(after_ns, timeout_s=0.1):
+                continue
             try:
                 observation = self._buffers.observation(
                     config.history_frames, config.fps, max_joint_gap_s=settings.max_obs_age_s
@@ -143,7 +150,7 @@ class InferenceWorker:
                     self._stop.wait(0.01)  # history still filling up, or joints missing
                     continue
                 last_stamp_ns = observation.stamp_ns
-                epoch = self._epoch()
+                epoch = last_epoch = self._epoch()
                 start = time.perf_counter()
                 chunk = self._policy.predict(
                     observation.frames, observation.joints.positions, self._instruction(),

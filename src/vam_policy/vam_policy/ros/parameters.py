@@ -274,6 +274,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("execute_steps", _T.INTEGER, 5, "steps",
           "Steps of each chunk executed before it counts as used up (the node then holds "
           "until a newer chunk arrives).", read_only=False, minimum=1),
+    _spec("replan_steps", _T.INTEGER, 0, "steps",
+          "Chunk steps between the observations two predictions start from. 0: predict again "
+          "as soon as a newer camera frame arrives; k: follow each chunk for k steps first "
+          "(keep k below execute_steps so the next chunk arrives before this one is used up).",
+          read_only=False, minimum=0),
     _spec("blend_steps", _T.INTEGER, 3, "steps",
           "Steps over which a new chunk is blended in from the one being executed. 0 = switch.",
           read_only=False, minimum=0),
@@ -322,6 +327,7 @@ class NodeSettings:
     control_rate_hz: float
     trajectory_points: int
     execute_steps: int
+    replan_steps: int
     blend_steps: int
     max_obs_age_s: float
     start_paused: bool

@@ -53,7 +53,7 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="folder for diagnosis.json and diagnosis.md (default: print only)")
     diagnose.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
                           help="profile whose vam_sim_node section sets up the arm and whose "
-                          "execute_steps the policy re-plans by (default %(default)s)")
+                          "replan_steps the policy re-plans by (default %(default)s)")
     diagnose.set_defaults(func=run_sim_diagnose)
 
 
@@ -88,17 +88,17 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     try:
         if args.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
-        execute_steps = int(load_parameters_file(args.profile)["execute_steps"])
+        replan_steps = max(1, int(load_parameters_file(args.profile).get("replan_steps", 0)))
         config = sim_config(load_sim_settings(args.profile))
         policy = load_checkpoint(args.checkpoint).eval()
         with SimArm(config) as arm:
             episodes = diagnose(policy, arm, args.tasks, args.episodes, args.seed,
-                                execute_steps)
+                                replan_steps)
     except (ValueError, KeyError, OSError) as error:
         print(f"vam sim diagnose: {error}", file=sys.stderr)
         return 2
     print(markdown_table(summarize(episodes)), end="")
     if args.out is not None:
-        for path in write_report(args.out, str(args.checkpoint), execute_steps, episodes):
+        for path in write_report(args.out, str(args.checkpoint), replan_steps, episodes):
             print(f"wrote {path}")
     return 0

@@ -3,7 +3,8 @@
 Every layout is rolled out in-process (no ROS, simulated time): the policy predicts a chunk
 from its camera history, the instruction and the joint state; the arm follows the chunk,
 interpolated in time from the state it was predicted at (as a JointTrajectoryController does),
-and the policy re-plans every `execute_steps` actions (the profile's). Each layout runs twice:
+and the policy re-plans every `replan_steps` actions (the profile's; 0, which the node reads as
+"at every newer camera frame", is taken as 1). Each layout runs twice:
 
 - alone: the policy from the start. Where its grip site is when the scripted expert ends its
   approach (above the cube to lift it, beside it to push it) against where the expert's is then
@@ -39,16 +40,16 @@ REACH_TOLERANCE_M = 0.02
 
 class ChunkFollower:
     """Drives the arm with `policy`'s chunks: a history of camera frames at the model's fps,
-    a chunk every `execute_steps` actions, targets interpolated between its points."""
+    a chunk every `replan_steps` actions, targets interpolated between its points."""
 
-    def __init__(self, policy: VAMPolicy, instruction: str, execute_steps: int,
+    def __init__(self, policy: VAMPolicy, instruction: str, replan_steps: int,
                  seed: int) -> None:
-        if not 1 <= execute_steps <= policy.config.horizon:
-            raise ValueError(f"execute_steps must be in [1, {policy.config.horizon}] (the "
-                             f"chunk's horizon), got {execute_steps}")
+        if not 1 <= replan_steps <= policy.config.horizon:
+            raise ValueError(f"replan_steps must be in [1, {policy.config.horizon}] (the "
+                             f"chunk's horizon), got {replan_steps}")
         self._policy = policy
         self._instruction = instruction
-        self._replan_s = execute_steps * policy.config.action_dt
+        self._replan_s = replan_steps * policy.config.action_dt
         self._seed = seed
         self._history = FrameHistory()
         self._chunk_start_s: float | None = None
@@ -102,7 +103,7 @@ def grip_xy(arm: SimArm) -> np.ndarray:
 
 
 def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int,
-                     execute_steps: int) -> EpisodeDiagnosis:
+                     replan_steps: int) -> EpisodeDiagnosis:
     """Roll `task` at `seed` out alone and handed over (module docstring)."""
     period_s = 1.0 / arm.config.control_hz
     # The expert alone, to its approach's end: where the policy should be by then.
@@ -116,7 +117,7 @@ def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int,
     for handover_s in (0.0, expert.approach_s):
         observation = arm.reset(task, seed)
         expert = make_expert(arm)
-        follower = ChunkFollower(policy, arm.task.instruction, execute_steps, seed)
+        follower = ChunkFollower(policy, arm.task.instruction, replan_steps, seed)
         policy_xy = None
         while not arm.truncated and not arm.success():
             follower.observe(observation)
@@ -160,13 +161,13 @@ def summarize(episodes: Sequence[EpisodeDiagnosis]) -> list[dict[str, Any]]:
 
 
 def diagnose(policy: VAMPolicy, arm: SimArm, tasks: Sequence[str], episodes: int,
-             first_seed: int, execute_steps: int,
+             first_seed: int, replan_steps: int,
              progress: bool = True) -> list[EpisodeDiagnosis]:
     """`episodes` layouts of each task (seeds first_seed, first_seed + 1, ...)."""
     for task in tasks:
         get_task(task)  # a typo fails before any rollout
     runs = [(task, first_seed + k) for task in tasks for k in range(episodes)]
-    return [diagnose_episode(arm, policy, task, seed, execute_steps)
+    return [diagnose_episode(arm, policy, task, seed, replan_steps)
             for task, seed in tqdm(runs, desc="diagnose", unit="layout", disable=not progress)]
 
 
@@ -183,12 +184,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, checkpoint: str, execute_steps: int,
+def write_report(out: Path, checkpoint: str, replan_steps: int,
                  episodes: Sequence[EpisodeDiagnosis]) -> tuple[Path, Path]:
     """`diagnosis.json` (every layout and the summary) and `diagnosis.md` in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(episodes)
-    report = {"checkpoint": checkpoint, "execute_steps": execute_steps,
+    report = {"checkpoint": checkpoint, "replan_steps": replan_steps,
               "reach_tolerance_m": REACH_TOLERANCE_M, "summary": rows,
               "episodes": [asdict(e) for e in episodes]}
     json_path, md_path = out / "diagnosis.json", out / "diagnosis.md"
