@@ -81,14 +81,14 @@ def test_summary_rates_errors_and_tolerance() -> None:
     """Per task and over all: success shares, mean absolute approach error per axis, and the
     share of approaches within the tolerance on both axes."""
     episodes = [
-        EpisodeDiagnosis("lift_red", 1000, False, True, 1.6, (-0.10, 0.01)),
-        EpisodeDiagnosis("lift_red", 1001, True, True, 1.6, (0.01, -0.015)),
-        EpisodeDiagnosis("push_red_left", 1000, False, False, 2.4, (0.0, 0.03)),
+        EpisodeDiagnosis("lift_red", 1000, 0, False, True, 1.6, (-0.10, 0.01)),
+        EpisodeDiagnosis("lift_red", 1000, 1, True, True, 1.6, (0.01, -0.015)),
+        EpisodeDiagnosis("push_red_left", 1000, 0, False, False, 2.4, (0.0, 0.03)),
     ]
     rows = {row["task"]: row for row in summarize(episodes)}
     assert list(rows) == ["lift_red", "push_red_left", "all"]
     lift = rows["lift_red"]
-    assert (lift["episodes"], lift["success"], lift["success_handed_over"]) == (2, 0.5, 1.0)
+    assert (lift["rollouts"], lift["success"], lift["success_handed_over"]) == (2, 0.5, 1.0)
     assert lift["approach_error_x_m"] == pytest.approx(0.055)
     assert lift["approach_error_y_m"] == pytest.approx(0.0125)
     assert lift["approach_within_tolerance"] == 0.5
@@ -105,18 +105,19 @@ def _diagnose(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_diagnose_the_shipped_checkpoint(tmp_path: Path) -> None:
-    """One lift layout, alone and handed over after the expert's 1.6 s approach: the table is
-    printed and the report written; a missing checkpoint is one line and exit 2."""
+    """One lift layout under two noise draws, alone and handed over after the expert's 1.6 s
+    approach: the table is printed and the report written; a missing checkpoint is one line
+    and exit 2."""
     done = _diagnose("--checkpoint", str(SHIPPED), "--tasks", "lift_red", "--episodes", "1",
-                     "--out", str(tmp_path))
+                     "--noise-draws", "2", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert "| lift_red | 1 |" in done.stdout
+    assert "| lift_red | 2 |" in done.stdout
     report = json.loads((tmp_path / "diagnosis.json").read_text())
-    (episode,) = report["episodes"]
-    assert (episode["task"], episode["seed"], episode["approach_s"]) == ("lift_red", 1000, 1.6)
-    assert np.all(np.isfinite(episode["approach_error_m"]))
+    assert [(e["task"], e["seed"], e["noise_draw"], e["approach_s"])
+            for e in report["episodes"]] == [("lift_red", 1000, 0, 1.6), ("lift_red", 1000, 1, 1.6)]
+    assert all(np.all(np.isfinite(e["approach_error_m"])) for e in report["episodes"])
     assert report["replan_steps"] == max(1, load_parameters_file(PROFILE).get("replan_steps", 0))
-    assert "| lift_red | 1 |" in (tmp_path / "diagnosis.md").read_text()
+    assert "| lift_red | 2 |" in (tmp_path / "diagnosis.md").read_text()
 
     missing = _diagnose("--checkpoint", str(tmp_path / "nothing"), "--episodes", "1")
     assert missing.returncode == 2

@@ -47,6 +47,9 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                           help=f"sim tasks (default {','.join(DEFAULT_TASKS)})")
     diagnose.add_argument("--episodes", type=int, default=4, metavar="N",
                           help="layouts of each task (default %(default)s)")
+    diagnose.add_argument("--noise-draws", type=int, default=1, metavar="K",
+                          help="rollouts of each layout under different noise (default "
+                          "%(default)s; one draw per layout is a noisy success estimate)")
     diagnose.add_argument("--seed", type=int, default=1000,
                           help="first layout seed (default %(default)s, the evaluation's)")
     diagnose.add_argument("--out", type=Path, default=None,
@@ -93,7 +96,7 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
         policy = load_checkpoint(args.checkpoint).eval()
         with SimArm(config) as arm:
             episodes = diagnose(policy, arm, args.tasks, args.episodes, args.seed,
-                                replan_steps)
+                                replan_steps, args.noise_draws)
     except (ValueError, KeyError, OSError) as error:
         print(f"vam sim diagnose: {error}", file=sys.stderr)
         return 2

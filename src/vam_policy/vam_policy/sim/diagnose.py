@@ -12,7 +12,10 @@ and the policy re-plans every `replan_steps` actions (the profile's; 0, which th
 - handed over: the expert drives until the end of its approach, then the policy.
 
 A policy that fails alone but succeeds handed over does not find the named cube; one that fails
-both does not finish the task. `vam eval` measures the ROS path, with the node's timing, blending
+both does not finish the task. Each layout can be rolled out under several noise draws (the
+flow-matching decoder's start noise, and the future frames' noise): a policy that has not
+learnt which cube the instruction names picks one by the noise, so one draw per layout says
+little about its success rate. `vam eval` measures the ROS path, with the node's timing, blending
 and safety filter, which this leaves out.
 """
 
@@ -36,6 +39,8 @@ from vam_policy.sim.tasks import get_task
 # Within this distance of the expert's grip site at the end of its approach, a lift still
 # succeeds (measured with the expert aimed at wrongly placed cubes: 2 cm across the table).
 REACH_TOLERANCE_M = 0.02
+# Noise draw r of a layout seeds its chunks from seed + NOISE_DRAW_STRIDE * r.
+NOISE_DRAW_STRIDE = 100_000
 
 
 class ChunkFollower:
@@ -87,10 +92,11 @@ class ChunkFollower:
 
 @dataclass(frozen=True)
 class EpisodeDiagnosis:
-    """One layout of one task, rolled out alone and handed over."""
+    """One layout of one task under one noise draw, rolled out alone and handed over."""
 
     task: str
     seed: int
+    noise_draw: int
     success: bool
     success_handed_over: bool
     approach_s: float
@@ -102,7 +108,7 @@ def grip_xy(arm: SimArm) -> np.ndarray:
     return arm.grip_position()[:2]
 
 
-def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int,
+def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise_draw: int,
                      replan_steps: int) -> EpisodeDiagnosis:
     """Roll `task` at `seed` out alone and handed over (module docstring)."""
     period_s = 1.0 / arm.config.control_hz
@@ -117,7 +123,8 @@ def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int,
     for handover_s in (0.0, expert.approach_s):
         observation = arm.reset(task, seed)
         expert = make_expert(arm)
-        follower = ChunkFollower(policy, arm.task.instruction, replan_steps, seed)
+        follower = ChunkFollower(policy, arm.task.instruction, replan_steps,
+                                 seed + NOISE_DRAW_STRIDE * noise_draw)
         policy_xy = None
         while not arm.truncated and not arm.success():
             follower.observe(observation)
@@ -132,7 +139,7 @@ def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int,
         results.append((arm.success(), policy_xy))
     (alone, policy_xy), (handed_over, _) = results
     error = policy_xy - expert_xy
-    return EpisodeDiagnosis(task, seed, alone, handed_over, expert.approach_s,
+    return EpisodeDiagnosis(task, seed, noise_draw, alone, handed_over, expert.approach_s,
                             (float(error[0]), float(error[1])))
 
 
@@ -149,7 +156,7 @@ def summarize(episodes: Sequence[EpisodeDiagnosis]) -> list[dict[str, Any]]:
         errors = np.abs(np.array([e.approach_error_m for e in group]))  # [N, 2]
         rows.append({
             "task": task,
-            "episodes": len(group),
+            "rollouts": len(group),
             "success": float(np.mean([e.success for e in group])),
             "success_handed_over": float(np.mean([e.success_handed_over for e in group])),
             "approach_error_x_m": float(errors[:, 0].mean()),
@@ -161,23 +168,28 @@ def summarize(episodes: Sequence[EpisodeDiagnosis]) -> list[dict[str, Any]]:
 
 
 def diagnose(policy: VAMPolicy, arm: SimArm, tasks: Sequence[str], episodes: int,
-             first_seed: int, replan_steps: int,
+             first_seed: int, replan_steps: int, noise_draws: int = 1,
              progress: bool = True) -> list[EpisodeDiagnosis]:
-    """`episodes` layouts of each task (seeds first_seed, first_seed + 1, ...)."""
+    """`episodes` layouts of each task (seeds first_seed, first_seed + 1, ...), each under
+    `noise_draws` noise draws."""
     for task in tasks:
         get_task(task)  # a typo fails before any rollout
-    runs = [(task, first_seed + k) for task in tasks for k in range(episodes)]
-    return [diagnose_episode(arm, policy, task, seed, replan_steps)
-            for task, seed in tqdm(runs, desc="diagnose", unit="layout", disable=not progress)]
+    if noise_draws < 1:
+        raise ValueError(f"noise_draws must be at least 1, got {noise_draws}")
+    runs = [(task, first_seed + k, draw) for task in tasks for k in range(episodes)
+            for draw in range(noise_draws)]
+    return [diagnose_episode(arm, policy, task, seed, draw, replan_steps)
+            for task, seed, draw in tqdm(runs, desc="diagnose", unit="rollout",
+                                         disable=not progress)]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The summary as a Markdown table (errors in cm)."""
-    lines = ["| task | layouts | success | success, expert approach first | approach error x (cm) "
+    lines = ["| task | rollouts | success | success, expert approach first | approach error x (cm) "
              "| approach error y (cm) | approaches within 2 cm |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['task']} | {row['episodes']} | {row['success']:.0%} "
+        lines.append(f"| {row['task']} | {row['rollouts']} | {row['success']:.0%} "
                      f"| {row['success_handed_over']:.0%} | {100 * row['approach_error_x_m']:.1f} "
                      f"| {100 * row['approach_error_y_m']:.1f} "
                      f"| {row['approach_within_tolerance']:.0%} |")
