@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 
 DEFAULT_PROFILE = Path("config/sim_panda.yaml")
-DEFAULT_TASKS = ["lift_red", "lift_green", "lift_blue", "push_red_left", "push_green_left",
-                 "push_blue_left"]
 
 
 def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -42,9 +40,8 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
         "and after the expert's approach: does it fail to find the cube or to finish the task?")
     diagnose.add_argument("--checkpoint", required=True, type=Path,
                           help="policy checkpoint folder")
-    diagnose.add_argument("--tasks", type=_task_list, default=DEFAULT_TASKS,
-                          metavar="TASK[,TASK...]",
-                          help=f"sim tasks (default {','.join(DEFAULT_TASKS)})")
+    diagnose.add_argument("--tasks", type=_task_list, default=None, metavar="TASK[,TASK...]",
+                          help="sim tasks (default: all)")
     diagnose.add_argument("--episodes", type=int, default=4, metavar="N",
                           help="layouts of each task (default %(default)s)")
     diagnose.add_argument("--noise-draws", type=int, default=1, metavar="K",
@@ -87,6 +84,7 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     from vam_policy.sim.arm import SimArm
     from vam_policy.sim.diagnose import diagnose, markdown_table, summarize, write_report
     from vam_policy.sim.recording import load_sim_settings, sim_config
+    from vam_policy.sim.tasks import TASKS
 
     try:
         if args.episodes < 1:
@@ -95,7 +93,7 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
         config = sim_config(load_sim_settings(args.profile))
         policy = load_checkpoint(args.checkpoint).eval()
         with SimArm(config) as arm:
-            episodes = diagnose(policy, arm, args.tasks, args.episodes, args.seed,
+            episodes = diagnose(policy, arm, args.tasks or sorted(TASKS), args.episodes, args.seed,
                                 replan_steps, args.noise_draws)
     except (ValueError, KeyError, OSError) as error:
         print(f"vam sim diagnose: {error}", file=sys.stderr)
