@@ -43,36 +43,38 @@ def _observation(t: float, rng: np.random.Generator) -> Observation:
                        joint_velocities=np.zeros(7), gripper_opening=0.5, time=t)
 
 
-def test_follower_plays_each_chunk_in_time_then_replans(policy: VAMPolicy) -> None:
+def test_follower_plays_each_chunk_on_its_time_grid_then_replans(policy: VAMPolicy) -> None:
     """A chunk predicted at t0 from the first frame (standing for the still scene before it)
-    is followed point by point: one period ahead of each observation, the command is the
-    chunk interpolated from the state it started at; after replan_steps actions it re-plans
-    from the state and frames of that moment, with the next seed."""
-    cfg, rng, period = policy.config, np.random.default_rng(0), 0.05
+    is followed on the node's and training's grid: step k at t0 + k * action_dt, linear in
+    between; after replan_steps actions it re-plans from the state and frames of that moment,
+    with the next seed."""
+    cfg, rng = policy.config, np.random.default_rng(0)
     follower = ChunkFollower(policy, INSTRUCTION, replan_steps=3, seed=7)
     first = _observation(2.0, rng)
     follower.observe(first)
     start = np.r_[first.joint_positions, first.gripper_opening]
     chunk = policy.predict(np.stack([first.rgb] * cfg.history_frames), start, INSTRUCTION,
                            seed=7000)
-    command = follower.command(first, period)
-    expected = start + period / cfg.action_dt * (chunk[0] - start)
-    np.testing.assert_allclose(command.joint_targets, expected[:7], atol=1e-6)
-    for k in (1, 2):  # one period before point k is due, the command is point k-1 exactly
-        later = _observation(2.0 + k * cfg.action_dt - period, rng)
-        follower.observe(later)
-        command = follower.command(later, period)
-        np.testing.assert_allclose(command.joint_targets, chunk[k - 1, :7], atol=1e-6)
-        assert command.gripper == pytest.approx(np.clip(chunk[k - 1, 7], 0.0, 1.0), abs=1e-6)
+    command = follower.command(first)
+    np.testing.assert_allclose(command.joint_targets, chunk[0, :7], atol=1e-6)
+    assert command.gripper == pytest.approx(np.clip(chunk[0, 7], 0.0, 1.0), abs=1e-6)
+    for k in (1, 2):
+        on_step = _observation(2.0 + k * cfg.action_dt, rng)
+        follower.observe(on_step)
+        np.testing.assert_allclose(follower.command(on_step).joint_targets, chunk[k, :7],
+                                   atol=1e-6)
+        between = _observation(2.0 + (k + 0.25) * cfg.action_dt, rng)
+        follower.observe(between)
+        np.testing.assert_allclose(follower.command(between).joint_targets,
+                                   0.75 * chunk[k, :7] + 0.25 * chunk[k + 1, :7], atol=1e-6)
 
     replan = _observation(2.0 + 3 * cfg.action_dt, rng)
     follower.observe(replan)
     state = np.r_[replan.joint_positions, replan.gripper_opening]
     history = follower._history.sample(replan.time, cfg.history_frames, cfg.fps)
     new_chunk = policy.predict(history, state, INSTRUCTION, seed=7001)
-    command = follower.command(replan, period)
-    expected = state + period / cfg.action_dt * (new_chunk[0] - state)
-    np.testing.assert_allclose(command.joint_targets, expected[:7], atol=1e-6)
+    np.testing.assert_allclose(follower.command(replan).joint_targets, new_chunk[0, :7],
+                               atol=1e-6)
     with pytest.raises(ValueError, match="replan_steps"):
         ChunkFollower(policy, INSTRUCTION, replan_steps=cfg.horizon + 1, seed=0)
 

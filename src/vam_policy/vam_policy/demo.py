@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from vam_policy.sim.cli import task_list
+
 EVAL_SEED_OFFSET = 1000  # evaluation layouts are seeds the demos never saw, as in `vam eval`
 TRAIN_PRESET = "idm:sim"
 
@@ -118,13 +120,6 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
                         help="--train, --quick: video backbone for stage 2, a preset (random "
                         f"weights) or a backbone folder (default {TRAIN_BACKBONE})")
     parser.set_defaults(func=run_demo_command)
-
-
-def task_list(text: str) -> list[str]:
-    tasks = [task.strip() for task in text.split(",") if task.strip()]
-    if not tasks:
-        raise argparse.ArgumentTypeError("expected comma-separated task names")
-    return tasks
 
 
 def run_demo_command(args: argparse.Namespace) -> int:

@@ -50,9 +50,9 @@ from vam_policy.demo import (
     evaluate_checkpoint,
     record_demos,
     run_guarded,
-    task_list,
 )
 from vam_policy.machine import describe_machine
+from vam_policy.sim.cli import task_list
 
 ARMS = ("video", "image")
 PRETRAIN_SEED = 10_000  # pretraining videos: seeds neither the labelled demos nor eval use

@@ -16,7 +16,7 @@ import numpy as np
 
 
 @dataclass(frozen=True, eq=False)
-class _Chunk:
+class TimedChunk:
     """A chunk on its time grid: step k at t0 + k*dt; steps >= usable are never executed."""
 
     positions: np.ndarray  # [H, J]
@@ -54,8 +54,8 @@ class ChunkScheduler:
             raise ValueError(f"blend_steps: expected an integer >= 0, got {blend_steps!r}")
         self.execute_steps = execute_steps
         self.blend_steps = blend_steps
-        self._active: _Chunk | None = None
-        self._pending: _Chunk | None = None
+        self._active: TimedChunk | None = None
+        self._pending: TimedChunk | None = None
         self._newest_time: float | None = None
         self._num_joints: int | None = None
 
@@ -103,7 +103,7 @@ class ChunkScheduler:
         self._num_joints = positions.shape[1]
         self._newest_time = float(observation_time_s)
         usable = min(self.execute_steps, len(positions))
-        self._pending = _Chunk(positions, float(observation_time_s), float(dt), usable)
+        self._pending = TimedChunk(positions, float(observation_time_s), float(dt), usable)
 
     def plan(self, now_s: float, n_points: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Up to `n_points` future steps of the current chunk: (times_from_now [n] s,
@@ -121,7 +121,7 @@ class ChunkScheduler:
             return None
         return chunk.times()[ahead] - now_s, chunk.positions[ahead].copy()
 
-    def _take_over(self, new: _Chunk, now_s: float) -> _Chunk:
+    def _take_over(self, new: TimedChunk, now_s: float) -> TimedChunk:
         """The new chunk, faded in from what the active chunk commands, starting at now_s."""
         old = self._active
         if old is None or self.blend_steps == 0:
@@ -137,4 +137,4 @@ class ChunkScheduler:
             weights * new.positions[first:stop] + (1.0 - weights) * old.commanded(times[first:stop])
         )
         blended.setflags(write=False)
-        return _Chunk(blended, new.t0, new.dt, new.usable)
+        return TimedChunk(blended, new.t0, new.dt, new.usable)

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from vam_policy.sim.cli import task_list
+
 DEFAULT_PROFILE = Path("config/sim_panda.yaml")
 DEFAULT_SEED = 1000  # away from `vam sim record`'s default seeds 0, 1, ...: unseen layouts
 
@@ -22,7 +24,7 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="policy checkpoint")
     parser.add_argument("--episodes", type=int, default=10, metavar="N",
                         help="episodes per task, seeds S, S+1, ... (default %(default)s)")
-    parser.add_argument("--tasks", type=_task_list, default=None, metavar="TASK[,TASK...]",
+    parser.add_argument("--tasks", type=task_list, default=None, metavar="TASK[,TASK...]",
                         help="sim tasks (default: all)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help="first episode seed (default %(default)s)")
@@ -37,13 +39,6 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None,
                         help="torch device of the policy node (default: the profile's)")
     parser.set_defaults(func=run_eval)
-
-
-def _task_list(text: str) -> list[str]:
-    tasks = [task.strip() for task in text.split(",") if task.strip()]
-    if not tasks:
-        raise argparse.ArgumentTypeError("expected comma-separated task names")
-    return tasks
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
     record = verbs.add_parser(
         "record", help="run the scripted experts (no ROS, faster than real time) and write one "
         "rosbag2 per solved episode, with the topics the sim node publishes")
-    record.add_argument("--tasks", required=True, type=_task_list, metavar="TASK[,TASK...]",
+    record.add_argument("--tasks", required=True, type=task_list, metavar="TASK[,TASK...]",
                         help="sim tasks, e.g. lift_red,push_blue_left")
     record.add_argument("--episodes-per-task", type=int, default=1, metavar="N",
                         help="episodes of each task, seeds S, S+1, ... (default %(default)s)")
@@ -40,7 +40,7 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
         "and after the expert's approach: does it fail to find the cube or to finish the task?")
     diagnose.add_argument("--checkpoint", required=True, type=Path,
                           help="policy checkpoint folder")
-    diagnose.add_argument("--tasks", type=_task_list, default=None, metavar="TASK[,TASK...]",
+    diagnose.add_argument("--tasks", type=task_list, default=None, metavar="TASK[,TASK...]",
                           help="sim tasks (default: all)")
     diagnose.add_argument("--episodes", type=int, default=4, metavar="N",
                           help="layouts of each task (default %(default)s)")
@@ -57,7 +57,8 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
     diagnose.set_defaults(func=run_sim_diagnose)
 
 
-def _task_list(text: str) -> list[str]:
+def task_list(text: str) -> list[str]:
+    """argparse type of a --tasks option: comma-separated sim task names."""
     tasks = [task.strip() for task in text.split(",") if task.strip()]
     if not tasks:
         raise argparse.ArgumentTypeError("expected comma-separated task names")

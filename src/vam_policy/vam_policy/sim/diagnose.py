@@ -1,10 +1,12 @@
 """`vam sim diagnose`: where a checkpoint fails on the simulated arm, reaching or finishing.
 
 Every layout is rolled out in-process (no ROS, simulated time): the policy predicts a chunk
-from its camera history, the instruction and the joint state; the arm follows the chunk,
-interpolated in time from the state it was predicted at (as a JointTrajectoryController does),
-and the policy re-plans every `replan_steps` actions (the profile's; 0, which the node reads as
-"at every newer camera frame", is taken as 1). Each layout runs twice:
+from its camera history, the instruction and the joint state; the arm follows the chunk on the
+time grid the node and training use (step k at the observation time + k * action_dt,
+interpolated between steps; each command is reached one control period later, as the scripted
+expert's commands in the demonstrations are), and the policy re-plans every `replan_steps`
+actions (the profile's; 0, which the node reads as "at every newer camera frame", is taken
+as 1). Each layout runs twice:
 
 - alone: the policy from the start. Where its grip site is when the scripted expert ends its
   approach (above the cube to lift it, beside it to push it) against where the expert's is then
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from vam_policy.model.chunking import TimedChunk
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.model.transforms import FrameHistory
 from vam_policy.sim.arm import Command, Observation, SimArm
@@ -45,7 +48,7 @@ NOISE_DRAW_STRIDE = 100_000
 
 class ChunkFollower:
     """Drives the arm with `policy`'s chunks: a history of camera frames at the model's fps,
-    a chunk every `replan_steps` actions, targets interpolated between its points."""
+    a chunk every `replan_steps` actions, each followed on its time grid."""
 
     def __init__(self, policy: VAMPolicy, instruction: str, replan_steps: int,
                  seed: int) -> None:
@@ -57,9 +60,7 @@ class ChunkFollower:
         self._replan_s = replan_steps * policy.config.action_dt
         self._seed = seed
         self._history = FrameHistory()
-        self._chunk_start_s: float | None = None
-        self._times = np.arange(policy.config.horizon + 1) * policy.config.action_dt
-        self._points = np.empty(0)
+        self._chunk: TimedChunk | None = None
         self._chunks = 0
 
     def observe(self, observation: Observation) -> None:
@@ -72,21 +73,19 @@ class ChunkFollower:
         if observation.time > self._history.newest_stamp:
             self._history.push(observation.time, observation.rgb)
 
-    def command(self, observation: Observation, period_s: float) -> Command:
-        """The command for the control period starting at `observation` (observed already)."""
+    def command(self, observation: Observation) -> Command:
+        """The command for the control period starting at `observation` (observed already):
+        the current chunk at this time, re-planned first when `replan_steps` have passed."""
         t = observation.time
-        if self._chunk_start_s is None or t - self._chunk_start_s >= self._replan_s - 1e-6:
+        if self._chunk is None or t - self._chunk.t0 >= self._replan_s - 1e-6:
             cfg = self._policy.config
             frames = self._history.sample(t, cfg.history_frames, cfg.fps)
             state = np.r_[observation.joint_positions, observation.gripper_opening]
             chunk = self._policy.predict(frames, state, self._instruction,
                                          seed=self._seed * 1000 + self._chunks)
-            self._points = np.vstack([state, chunk])  # [1 + H, J]
-            self._chunk_start_s = t
+            self._chunk = TimedChunk(chunk, t, cfg.action_dt, len(chunk))
             self._chunks += 1
-        # Aim where the trajectory is one period from now, when the command will have acted.
-        elapsed = t + period_s - self._chunk_start_s
-        target = np.array([np.interp(elapsed, self._times, joint) for joint in self._points.T])
+        target = self._chunk.commanded(np.array([t]))[0]  # [J]
         return Command(joint_targets=target[:-1], gripper=float(np.clip(target[-1], 0.0, 1.0)))
 
 
@@ -111,7 +110,6 @@ def grip_xy(arm: SimArm) -> np.ndarray:
 def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise_draw: int,
                      replan_steps: int) -> EpisodeDiagnosis:
     """Roll `task` at `seed` out alone and handed over (module docstring)."""
-    period_s = 1.0 / arm.config.control_hz
     # The expert alone, to its approach's end: where the policy should be by then.
     observation = arm.reset(task, seed)
     expert = make_expert(arm)
@@ -133,7 +131,7 @@ def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise
             if observation.time < handover_s - 1e-9:
                 observation = arm.apply(expert.act(observation))
             else:
-                observation = arm.apply(follower.command(observation, period_s))
+                observation = arm.apply(follower.command(observation))
         if policy_xy is None:  # solved before the expert would have approached
             policy_xy = grip_xy(arm)
         results.append((arm.success(), policy_xy))
