@@ -81,7 +81,7 @@ def run_sim_record(args: argparse.Namespace) -> int:
 def run_sim_diagnose(args: argparse.Namespace) -> int:
     """Exit 0 after printing the table, 2 on bad arguments or an unreadable checkpoint."""
     from vam_policy.model.checkpoint import load_checkpoint
-    from vam_policy.ros.parameters import load_parameters_file
+    from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
     from vam_policy.sim.arm import SimArm
     from vam_policy.sim.diagnose import diagnose, markdown_table, summarize, write_report
     from vam_policy.sim.recording import load_sim_settings, sim_config
@@ -90,7 +90,8 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     try:
         if args.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
-        replan_steps = max(1, int(load_parameters_file(args.profile).get("replan_steps", 0)))
+        node = settings_from_parameters(load_parameters_file(args.profile))
+        replan_steps = max(1, node.replan_steps)
         config = sim_config(load_sim_settings(args.profile))
         policy = load_checkpoint(args.checkpoint).eval()
         with SimArm(config) as arm:
