@@ -139,7 +139,9 @@ def test_trajectory_moves_joint_one_and_the_state_follows(sim: Sim) -> None:
     sim.wait_for("joints", lambda e: e["stamp"] > ack["t"] + 1.2, since=ack["t"])
     gripper = np.array([e["positions"][-1] for e in sim.events("joints", since=ack["t"])])
     assert gripper[-1] < 0.1 and gripper[0] > 0.5, gripper
-    status = sim.events("episode", since=ack["t"] + 1.0)[-1]
+    # Status comes at 4 Hz: wait for one after both trajectories ended rather than assume
+    # one fell into the time the joint-state wait took.
+    status = sim.wait_for("episode", since=ack["t"] + 1.0)
     assert status["accepted"] == 2 and status["rejected"] == 0 and status["travel"] > 0.19
 
 
