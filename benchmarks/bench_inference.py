@@ -289,10 +289,9 @@ def run(preset: str, device: str, repeats: int, inputs: str | None = None,
         rows.append(_row(f"decoder, {steps} flow steps", _timed(
             lambda s=steps: policy.decoder.sample(features, proprio, tau, steps=s, text=text),
             repeats, dev)))
-    instruction = policy.decoder._instruction(text)
     rows.append(_row(flops.RECOMPUTED_KV, _timed(lambda: integrate(
-        lambda x, tau_a: policy.decoder._velocity(x, tau_a, policy.decoder._video(features),
-                                                  proprio, tau, instruction),
+        lambda x, tau_a: policy.decoder._velocity(
+            x, tau_a, policy.decoder.condition(features, text), proprio, tau),
         noise, 10), repeats, dev)))
     rows.append(maybe_compiled(
         "decoder, 10 flow steps, torch.compile velocity", compiled_decoder,

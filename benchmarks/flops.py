@@ -225,7 +225,8 @@ class DecoderFlops:
 
     once: Flops
     """Video feature projection to the decoder width, every block's cross-attention keys and
-    values of the video tokens (the same at every step), and the instruction embedding."""
+    values of the video tokens (the same at every step), the instruction embedding and its
+    readout of the video tokens (the mean chunk)."""
     per_step: Flops
     """One velocity evaluation (an Euler step) over 1 proprio + H action tokens."""
     context_kv: int
@@ -244,6 +245,10 @@ def decoder_flops(config: DecoderConfig, video_tokens: int) -> DecoderFlops:
     once = _dense(n, config.feature_dim, w)
     if config.text_dim:
         once += _dense(1, config.text_dim, w) + _dense(1, w, w)
+    if config.instruction_readout:
+        rank = config.instruction_readout
+        once += (_dense(1, config.readout_tokens * config.feature_dim, rank) + _dense(1, w, rank)
+                 + _dense(1, rank, w) + _dense(1, w, horizon * j))
     embed = (_dense(1, j, w) + _dense(1, w, w)  # proprio
              + _dense(horizon, j, w) + _dense(horizon, w, w)  # noisy actions
              + _dense(1, 2 * _FREQ_DIM, w) + _dense(1, w, w)  # (tau_v, tau_a)
@@ -264,8 +269,9 @@ def decoder_flops(config: DecoderConfig, video_tokens: int) -> DecoderFlops:
 
 
 RECOMPUTED_KV = "decoder, 10 flow steps, video tokens projected every step"
-"""The bench row that projects the video tokens (features to the decoder width, then every
-block's keys and values) at each Euler step, where `sample` does it once per chunk."""
+"""The bench row that computes the chunk's condition (video tokens projected to the decoder
+width, every block's keys and values, the instruction) at each Euler step, where `sample`
+does it once per chunk."""
 
 
 def stage_flops(config: PolicyConfig, steps: tuple[int, ...] = (10, 5, 2, 1)) -> dict[str, Flops]:
@@ -285,9 +291,7 @@ def stage_flops(config: PolicyConfig, steps: tuple[int, ...] = (10, 5, 2, 1)) ->
             arch, grid, text, arch.transformer.num_layers, output=True),
     }
     stages.update({f"decoder, {s} flow steps": decoder.sample(s) for s in steps})
-    video = _dense(math.prod(grid), config.decoder.feature_dim, config.decoder.width)
-    stages[RECOMPUTED_KV] = (decoder.sample(steps[0])
-                             + Flops((video + decoder.context_kv) * (steps[0] - 1)))
+    stages[RECOMPUTED_KV] = decoder.sample(steps[0]) + decoder.once * (steps[0] - 1)
     stages["predict() end to end"] = vae + prefix + decoder.sample(config.decoder.sample_steps)
     return stages
 

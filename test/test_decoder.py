@@ -424,3 +424,64 @@ def test_learns_both_modes_of_a_conditional_bimodal_task() -> None:
               f"near a mode {near:.3f}, median distance {to_mode.median():.3f} |a|")
         assert abs(freq_plus - p_plus[c].item()) < 0.1
         assert near > 0.9
+
+
+# --- instruction readout ---------------------------------------------------------------------
+
+def test_instruction_readout_needs_the_instruction_and_a_token_grid() -> None:
+    """It reads a fixed number of video tokens per instruction; older checkpoints (no key)
+    load without it."""
+    with pytest.raises(ValueError, match="instruction_readout needs text_dim"):
+        tiny(instruction_readout=4, video_grid=(1, 1, N))
+    with pytest.raises(ValueError, match="instruction_readout needs text_dim"):
+        tiny(instruction_readout=4, text_dim=5)
+    config = tiny(instruction_readout=4, text_dim=5, video_grid=(1, 1, N))
+    assert DecoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    older = {k: v for k, v in tiny().to_dict().items() if k != "instruction_readout"}
+    assert DecoderConfig.from_dict(older).instruction_readout == 0
+
+
+def test_readout_mean_is_added_to_the_sampled_flow() -> None:
+    """The flow models the chunk minus the readout's mean: with the velocity still zero (the
+    output layer's init), a sampled chunk is its start noise plus that mean."""
+    model = ActionDecoder(tiny(instruction_readout=4, text_dim=5, video_grid=(1, 1, N))).eval()
+    x = inputs()
+    text = torch.randn(B, 3, 5, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(B, H, J)
+    mean = model.condition(x["features"], text).mean
+    assert mean is not None and mean.shape == (B, H, J) and mean.abs().max() > 1e-3
+    chunk = model.sample(x["features"], x["proprio"], x["tau_v"], steps=3, noise=noise, text=text)
+    torch.testing.assert_close(chunk, noise + mean)
+
+
+def test_readout_binds_the_named_colour_to_where_it_is() -> None:
+    """Three "colours" (fixed feature vectors) lie on three grid places in a random order; the
+    instruction names a colour and the chunk is the trajectory of the place holding it. After
+    300 Adam steps, 90% of chunks sampled for new orderings must go to the named place."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    colours = torch.randn(3, CF, generator=g)
+    words = torch.randn(3, 1, 5, generator=g)  # one text token per colour word
+    places = 2.0 * torch.randn(3, H, J, generator=g)  # the chunk that goes to each place
+    model = ActionDecoder(tiny(instruction_readout=16, text_dim=5, video_grid=(1, 1, 3)))
+
+    def batch(size: int) -> tuple[Tensor, Tensor, Tensor]:
+        order = torch.argsort(torch.rand(size, 3, generator=g), dim=1)  # [S, place] -> colour
+        named = torch.randint(0, 3, (size,), generator=g)
+        place = (order == named[:, None]).float().argmax(dim=1)
+        features = colours[order] + 0.1 * torch.randn(size, 3, CF, generator=g)
+        return features, words[named], place
+
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        features, text, place = batch(64)
+        loss = model.loss(features, torch.zeros(64, J), places[place], torch.ones(64),
+                          generator=g, text=text)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    features, text, place = batch(300)
+    chunks = model.eval().sample(features, torch.zeros(300, J), torch.ones(300), text=text,
+                                 generator=g)
+    nearest = ((chunks[:, None] - places[None]) ** 2).mean(dim=(2, 3)).argmin(dim=1)
+    assert (nearest == place).float().mean() > 0.9

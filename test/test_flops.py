@@ -69,9 +69,9 @@ def _measured(config: PolicyConfig, device: str, steps: tuple[int, ...]) -> dict
         if device != "meta":
             decoder.sample(features, proprio, tau, steps=n, noise=x, text=decoder_text)
             return
-        video = decoder._video(features)
+        condition = decoder.condition(features, None)
         for _ in range(n):
-            decoder._velocity(x, tau, video, proprio, tau, None)
+            decoder._velocity(x, tau, condition, proprio, tau)
 
     counts = {
         "VAE encode history": _counted(lambda: backbone.encode_video(video)),

@@ -158,6 +158,19 @@ def test_decoder_size_comes_from_the_spec(dataset) -> None:
         PolicySpec(preset="tiny", decoder_depth=0)
 
 
+def test_instruction_readout_comes_from_the_spec_and_reads_the_history(dataset) -> None:
+    """policy.instruction_readout turns the decoder's readout on over the backbone's history
+    latent frames, which follow a changed frame size; a negative rank is a ConfigError."""
+    config = build_policy_config(PolicySpec(preset="tiny", instruction_readout=16, height=64,
+                                            width=64), dataset)
+    assert config.decoder.instruction_readout == 16
+    assert config.decoder.readout_frames == config.backbone.history_latent_frames == 2
+    assert config.decoder.readout_tokens == 2 * 4 * 4
+    assert build_policy_config(PolicySpec(preset="tiny"), dataset).decoder.instruction_readout == 0
+    with pytest.raises(ConfigError, match=r"policy\.instruction_readout"):
+        PolicySpec(preset="tiny", instruction_readout=-1)
+
+
 def test_start_anchors_are_drawn_more_often() -> None:
     """Anchors before data.start_s repeat start_repeat times, the rest stay once, in order;
     a stage-1 config, which would ignore them, refuses them."""

@@ -1,4 +1,4 @@
-"""`vam dataset build|info|import-lerobot|export-lerobot` and `vam record`.
+"""`vam dataset build|info|augment-colors|import-lerobot|export-lerobot` and `vam record`.
 
 `add_dataset_commands` adds the verbs to the `vam` parser; each verb's function returns an
 exit code and reports a ValueError (bad bag, bad profile, bad dataset) as one line on stderr
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vam_policy.data.augment import ColorWords, write_color_swapped
 from vam_policy.data.bag_reader import find_bags
 from vam_policy.data.dataset import FRAME_CODECS, build_dataset, describe, load_dataset
 from vam_policy.data.episodes import (
@@ -30,7 +31,7 @@ from vam_policy.data.episodes import (
 
 
 def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add `dataset build|info|import-lerobot|export-lerobot` and `record` to a parser."""
+    """Add `dataset build|info|augment-colors|import-lerobot|export-lerobot` and `record`."""
     dataset = subparsers.add_parser(
         "dataset", help="turn rosbag2 demonstrations (or LeRobot v3.0) into an episodes dataset, "
         "inspect one, or export it to LeRobot"
@@ -65,6 +66,16 @@ def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
     info = verbs.add_parser("info", help="summarise a dataset folder")
     info.add_argument("dir", type=Path)
     info.set_defaults(func=run_dataset_info)
+
+    augment = verbs.add_parser(
+        "augment-colors", help="add each episode's five colour-swapped copies (RGB channels "
+        "permuted, colour words of the instruction renamed to match)")
+    augment.add_argument("--dataset", required=True, type=Path, help="dataset folder")
+    augment.add_argument("--out", required=True, type=Path, help="dataset folder to (re)write")
+    augment.add_argument("--colors", default="red,green,blue", metavar="R,G,B",
+                         help="the instruction's words for the colours that sit mostly in the "
+                         "red, green and blue channel (default %(default)s)")
+    augment.set_defaults(func=run_dataset_augment_colors)
     _add_lerobot_verbs(verbs)
 
     record = subparsers.add_parser(
@@ -137,6 +148,17 @@ def run_dataset_build(args: argparse.Namespace) -> int:
     dataset = build_dataset(bags, profile, args.out, options=options,
                             val_fraction=args.val_fraction, seed=args.seed,
                             frame_codec=args.frame_codec)
+    print(describe(dataset))
+    return 0
+
+
+@_reporting_errors
+def run_dataset_augment_colors(args: argparse.Namespace) -> int:
+    """`vam dataset augment-colors`: a dataset plus its colour-swapped copies."""
+    words = args.colors.split(",")
+    if len(words) != 3:
+        raise ValueError(f"--colors: expected three comma-separated words, got {args.colors!r}")
+    dataset = write_color_swapped(load_dataset(args.dataset), args.out, ColorWords(*words))
     print(describe(dataset))
     return 0
 

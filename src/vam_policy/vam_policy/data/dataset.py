@@ -175,11 +175,13 @@ def write_dataset(
     seed: int = 0,
     frame_codec: FrameCodec = "jpeg",
     provenance: Mapping[str, Any] | None = None,
+    splits: Sequence[Split] | None = None,
 ) -> Dataset:
     """Write `count` episodes, taken one at a time, as the dataset folder `out`, atomically.
 
     Joints, cameras, fps and control rate come from the first episode and must be the same in
-    all. `provenance` (JSON values) is recorded in dataset.json as it is. An existing dataset
+    all. `provenance` (JSON values) is recorded in dataset.json as it is. `splits` gives each
+    episode's split (default: drawn by `split_episodes`). An existing dataset
     at `out` is replaced only once the new one is complete; a folder at `out` that is not a
     dataset is never touched (DatasetError).
     """
@@ -189,7 +191,10 @@ def write_dataset(
     if frame_codec not in FRAME_CODECS:
         raise DatasetError(f"frame codec must be one of {', '.join(FRAME_CODECS)}, "
                            f"got {frame_codec!r}")
-    splits = split_episodes(count, val_fraction, seed)
+    if splits is None:
+        splits = split_episodes(count, val_fraction, seed)
+    elif len(splits) != count or not set(splits) <= {"train", "val"}:
+        raise DatasetError(f"expected {count} splits of 'train' or 'val', got {list(splits)}")
     if out.exists() and not (out / DATASET_FILE).is_file() and (
         not out.is_dir() or any(out.iterdir())
     ):

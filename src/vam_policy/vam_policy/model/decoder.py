@@ -4,7 +4,9 @@ The paper's IDM: a DiT over 1 proprio token + H noisy action tokens. Every block
 to the backbone's video feature tokens, self-attends over the action tokens and runs an MLP,
 each sublayer AdaLN-modulated by an embedding of the two flow times (tau_v of the video, tau_a
 of the actions). Optionally (`text_dim`) the modulation also takes the instruction, so which
-video tokens the actions attend to can depend on what was asked (FiLM-style conditioning).
+video tokens the actions attend to can depend on what was asked (FiLM-style conditioning), and
+(`instruction_readout`) an instruction-gated readout of all video tokens at once predicts the
+chunk's mean, leaving the flow only the rest to model.
 Flow matching (see `flow.py`) lets it represent multimodal chunks: a regression head would
 average two valid motions into an invalid one.
 """
@@ -60,6 +62,18 @@ class DecoderConfig:
             paper's IDM, which sees the instruction only through the video features; that
             suffices when the backbone's plan already depends on it (a pretrained video
             model), not on an untrained one.
+        instruction_readout: rank r of the instruction readout, 0 for none. With `text_dim`
+            and `video_grid`, the flattened video tokens and the instruction embedding are
+            each mapped to r values and multiplied (one linear readout of the whole picture per
+            instruction, low rank) and mapped to a chunk: the mean chunk, trained by MSE; the
+            flow models the chunk minus that mean. Flow matching alone learns which cube an
+            instruction names only where the noise hides the mode (tau_a near 1): its chunks
+            fall on the right modes but pick among them by the noise. The readout is a direct
+            regression of the choice, learnt in a few hundred steps.
+        readout_frames: the instruction readout reads the first `readout_frames` frames of
+            `video_grid` (the history's latent frames, clean at any tau_v), 0 for all. Future
+            tokens carry fresh noise at every call; a readout over them fitted that noise
+            (held-out choice 54-65% against 92-96% over the history alone, measured).
     """
 
     action_dim: int
@@ -75,6 +89,8 @@ class DecoderConfig:
     dropout: float = 0.0
     video_grid: tuple[int, int, int] | None = None
     text_dim: int = 0
+    instruction_readout: int = 0
+    readout_frames: int = 0
 
     def __post_init__(self) -> None:
         for name in ("action_dim", "horizon", "feature_dim", "width", "depth", "heads",
@@ -87,7 +103,7 @@ class DecoderConfig:
                              f"({self.heads})")
         if not self.mlp_ratio > 0:
             raise ValueError(f"DecoderConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
-        for name in ("adaln_lora_dim", "text_dim"):
+        for name in ("adaln_lora_dim", "text_dim", "instruction_readout", "readout_frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"DecoderConfig.{name} must be an int >= 0, got {value!r}")
@@ -102,6 +118,21 @@ class DecoderConfig:
                 raise ValueError(f"DecoderConfig.video_grid must be three ints >= 1 (T, h, w) or "
                                  f"None, got {self.video_grid!r}")
             object.__setattr__(self, "video_grid", grid)
+        if self.instruction_readout and not (self.text_dim and self.video_grid):
+            raise ValueError("DecoderConfig.instruction_readout needs text_dim > 0 (the "
+                             "instruction) and a video_grid (a fixed number of video tokens)")
+        if self.readout_frames and (self.video_grid is None
+                                    or self.readout_frames > self.video_grid[0]):
+            raise ValueError(f"DecoderConfig.readout_frames ({self.readout_frames}) must not "
+                             f"exceed the video_grid's frames ({self.video_grid})")
+
+    @property
+    def readout_tokens(self) -> int:
+        """How many leading video tokens the instruction readout reads."""
+        if self.video_grid is None:
+            return 0
+        frames = self.readout_frames or self.video_grid[0]
+        return frames * self.video_grid[1] * self.video_grid[2]
 
     @property
     def video_tokens(self) -> int | None:
@@ -299,7 +330,41 @@ class DecoderBlock(nn.Module):
         x = x + gate * self.self_attn(h, h)
         # MLP
         shift, scale, gate = self.mod_mlp(cond, base)
-        return x + gate * self.mlp(_modulate(self.norm_mlp(x), shift, scale))  # [B, 1+H, W]
+        return x + gate * self.mlp(_modulate(self.norm_mlp(x), shift, scale))  # [B, L, W]
+
+
+class InstructionReadout(nn.Module):
+    """The mean chunk `[B, H, J]` read off the (history's) video tokens at once: the flattened
+    tokens `[B, N' * Cf]` and the instruction embedding `[B, W]` each mapped to `rank` values,
+    multiplied (a low-rank bilinear map: each instruction its own linear readout of the whole
+    picture) and mapped to a chunk."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        rank, self.chunk = config.instruction_readout, (config.horizon, config.action_dim)
+        self.tokens = config.readout_tokens
+        self.norm = nn.LayerNorm(config.feature_dim)
+        self.video = nn.Linear(self.tokens * config.feature_dim, rank)
+        self.instruction = nn.Linear(config.width, rank)
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(rank, config.width), nn.SiLU(),
+                                 nn.Linear(config.width, math.prod(self.chunk)))
+
+    def forward(self, features: Tensor, instruction: Tensor) -> Tensor:
+        video = self.video(self.norm(features[:, :self.tokens]).flatten(1))  # [B, r]
+        mean = self.out(video * self.instruction(instruction))  # [B, H * J]
+        return mean.unflatten(1, self.chunk)  # [B, H, J]
+
+
+@dataclass(frozen=True)
+class DecoderCondition:
+    """What every flow step of a chunk shares, computed once per chunk."""
+
+    video: list[tuple[Tensor, Tensor]]
+    """Each block's cross-attention keys and values of the video tokens."""
+    instruction: Tensor | None
+    """`[B, W]` instruction embedding for the AdaLN, or None."""
+    mean: Tensor | None
+    """`[B, H, J]` the instruction readout's mean chunk (the flow models the rest), or None."""
 
 
 class DecoderOutput(nn.Module):
@@ -345,6 +410,8 @@ class ActionDecoder(nn.Module):
                                          nn.Linear(config.text_dim, width), nn.SiLU(),
                                          nn.Linear(width, width))
                            if config.text_dim else None)
+        self.instruction_readout = (InstructionReadout(config) if config.instruction_readout
+                                    else None)
         # blocks
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.depth))
         # output
@@ -379,14 +446,15 @@ class ActionDecoder(nn.Module):
         """Predicted velocity `[B, H, J]` of `x_tau [B, H, J]` at action time `tau_a [B]`.
 
         text: the instruction embeddings `[B, L, text_dim]` (padding zeroed), needed exactly
-        when `config.text_dim` > 0; the same in `loss` and `sample`.
+        when `config.text_dim` > 0; the same in `loss` and `sample`. With
+        `instruction_readout`, the flow path runs between noise and the chunk minus the
+        readout's mean chunk.
         """
         batch = self._check_condition(features, proprio, tau_v, text)
         cfg = self.config
         _check("x_tau", x_tau, "[B, H, J]", (batch, cfg.horizon, cfg.action_dim))
         _check("tau_a", tau_a, "[B]", (batch,), unit_interval=True)
-        return self._velocity(x_tau, tau_a, self._video(features), proprio, tau_v,
-                              self._instruction(text))
+        return self._velocity(x_tau, tau_a, self.condition(features, text), proprio, tau_v)
 
     def loss(
         self,
@@ -401,7 +469,9 @@ class ActionDecoder(nn.Module):
         """Flow-matching loss, a scalar: MSE between predicted and true velocity.
 
         Draws one tau_a per example from `config.time_sampling` and Gaussian noise, both from
-        `generator` when given (it must live on the inputs' device).
+        `generator` when given (it must live on the inputs' device). With
+        `instruction_readout`, plus the MSE of the readout's mean chunk; the flow learns the
+        chunk minus that mean (held fixed in its loss, so each objective trains its own part).
         """
         batch = self._check_condition(features, proprio, tau_v, text)
         cfg = self.config
@@ -410,10 +480,14 @@ class ActionDecoder(nn.Module):
                             generator=generator)  # [B]
         eps = torch.randn(actions.shape, device=actions.device, dtype=actions.dtype,
                           generator=generator)  # [B, H, J]
+        condition = self.condition(features, text)
+        readout_loss = actions.new_zeros(())
+        if condition.mean is not None:
+            readout_loss = F.mse_loss(condition.mean.float(), actions.float())
+            actions = actions - condition.mean.detach().to(actions.dtype)
         x_tau = interpolate(actions, eps, tau_a)  # [B, H, J]
-        pred = self._velocity(x_tau, tau_a, self._video(features), proprio, tau_v,
-                              self._instruction(text))  # [B, H, J]
-        return F.mse_loss(pred.float(), velocity_target(actions, eps).float())
+        pred = self._velocity(x_tau, tau_a, condition, proprio, tau_v)  # [B, H, J]
+        return F.mse_loss(pred.float(), velocity_target(actions, eps).float()) + readout_loss
 
     @torch.no_grad()
     def sample(
@@ -443,22 +517,28 @@ class ActionDecoder(nn.Module):
                                 generator=generator)
         else:
             _check("noise", noise, "[B, H, J]", shape)
-        video = self._video(features)  # keys and values per block, reused every step
-        instruction = self._instruction(text)  # [B, W] or None, reused every step
+        condition = self.condition(features, text)  # reused at every step
 
         def velocity_field(x: Tensor, tau_a: Tensor) -> Tensor:
-            return self._velocity(x, tau_a, video, proprio, tau_v, instruction)
+            return self._velocity(x, tau_a, condition, proprio, tau_v)
 
-        return integrate(velocity_field, noise, steps)
+        chunk = integrate(velocity_field, noise, steps)
+        return chunk if condition.mean is None else chunk + condition.mean.to(chunk.dtype)
 
-    def _video(self, features: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Each block's cross-attention keys and values of the video tokens (projected to the
-        decoder width, with their positions). They do not depend on the flow step, so
-        `sample` computes them once per chunk, not once per step."""
+    def condition(self, features: Tensor, text: Tensor | None) -> DecoderCondition:
+        """What the flow steps of a chunk share (checked inputs): each block's keys and values
+        of the video tokens (projected to the decoder width, with their positions), the
+        instruction's embedding and, with `instruction_readout`, the mean chunk. None of it
+        depends on the flow step, so `sample` computes it once per chunk, not once per step."""
         context = self.feature_proj(self._cast(features))  # [B, N, W]
         if self.video_pos_embed is not None:
             context = context + self.video_pos_embed()
-        return [block.cross_attn.keys_values(context) for block in self.blocks]
+        instruction = self._instruction(text)  # [B, W] or None
+        mean = None
+        if self.instruction_readout is not None and instruction is not None:
+            mean = self.instruction_readout(self._cast(features), instruction)  # [B, H, J]
+        return DecoderCondition([block.cross_attn.keys_values(context) for block in self.blocks],
+                                instruction, mean)
 
     def _instruction(self, text: Tensor | None) -> Tensor | None:
         """The instruction's embedding `[B, W]`: its token embeddings averaged (padding rows,
@@ -470,22 +550,20 @@ class ActionDecoder(nn.Module):
         pooled = (text * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)  # [B, D]
         return self.text_embed(pooled)
 
-    def _velocity(
-        self, x_tau: Tensor, tau_a: Tensor, video: list[tuple[Tensor, Tensor]], proprio: Tensor,
-        tau_v: Tensor, instruction: Tensor | None,
-    ) -> Tensor:
-        """The network on checked inputs, with the video tokens and instruction embedded."""
-        # inputs
-        tokens = torch.cat([self.proprio_embed(self._cast(proprio))[:, None],  # [B, 1, W]
-                            self.action_embed(self._cast(x_tau))], dim=1)  # [B, 1+H, W]
-        tokens = tokens + self.pos_embed
+    def _velocity(self, x_tau: Tensor, tau_a: Tensor, condition: DecoderCondition,
+                  proprio: Tensor, tau_v: Tensor) -> Tensor:
+        """The network on checked inputs and the chunk's `condition`."""
+        # inputs: proprio, noisy actions
+        x = torch.cat([self.proprio_embed(self._cast(proprio))[:, None],  # [B, 1, W]
+                       self.action_embed(self._cast(x_tau))], dim=1)  # [B, 1+H, W]
+        x = x + self.pos_embed
         # conditioning on the flow times (and the instruction)
-        cond, base = self.time_embed(tau_v, tau_a, instruction)  # [B, W], [B, 3W] or None
+        cond, base = self.time_embed(tau_v, tau_a, condition.instruction)  # [B, W], [B, 3W]?
         # blocks
-        for block, block_video in zip(self.blocks, video, strict=True):
-            tokens = block(tokens, block_video, cond, base)
+        for block, block_video in zip(self.blocks, condition.video, strict=True):
+            x = block(x, block_video, cond, base)
         # output: velocities of the action tokens only
-        return self.output(tokens[:, 1:], cond).to(x_tau.dtype)  # [B, H, J]
+        return self.output(x[:, 1:], cond).to(x_tau.dtype)  # [B, H, J]
 
     def _check_condition(self, features: Tensor, proprio: Tensor, tau_v: Tensor,
                          text: Tensor | None) -> int:

@@ -53,6 +53,12 @@ class PolicyConfig:
                 f"{len(self.joint_names)} joint_names; they must match"
             )
         grid = self.decoder.video_grid
+        readout = self.decoder.readout_frames
+        if readout and readout != self.backbone.history_latent_frames:
+            raise ValueError(
+                f"decoder.readout_frames is {readout} but the backbone has "
+                f"{self.backbone.history_latent_frames} history latent frames; they must match"
+            )
         if grid is not None and grid != self.backbone.token_grid:
             raise ValueError(
                 f"decoder.video_grid is {list(grid)} but the backbone's feature tokens form a "
@@ -78,11 +84,14 @@ class PolicyConfig:
 
     def with_backbone(self, **changes: Any) -> PolicyConfig:
         """This config with backbone fields changed; a decoder that places video tokens on a
-        grid follows the backbone's new grid (frame size, history, future frames)."""
+        grid follows the backbone's new grid (frame size, history, future frames), and its
+        instruction readout the new history."""
         backbone = dataclasses.replace(self.backbone, **changes)
         decoder = self.decoder
         if decoder.video_grid is not None:
-            decoder = dataclasses.replace(decoder, video_grid=backbone.token_grid)
+            readout = backbone.history_latent_frames if decoder.readout_frames else 0
+            decoder = dataclasses.replace(decoder, video_grid=backbone.token_grid,
+                                          readout_frames=readout)
         return dataclasses.replace(self, backbone=backbone, decoder=decoder)
 
     def to_dict(self) -> dict[str, Any]:

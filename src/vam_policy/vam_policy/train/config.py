@@ -66,6 +66,9 @@ class PolicySpec:
     """Decoder hidden size; must be a multiple of its attention heads."""
     decoder_depth: int | None = None
     """Decoder blocks."""
+    instruction_readout: int | None = None
+    """Rank of the decoder's instruction readout over the backbone's history tokens, which
+    regresses the chunk's mean (the flow models the rest); 0 for none (`DecoderConfig`)."""
     read_layer: int | None = None
     """Backbone block the decoder reads."""
     tau_v: float | None = None
@@ -90,6 +93,9 @@ class PolicySpec:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"policy.{name}: expected at least 1, got {value}")
+        if self.instruction_readout is not None and self.instruction_readout < 0:
+            raise ConfigError(f"policy.instruction_readout: expected a rank >= 0 (0: none), "
+                              f"got {self.instruction_readout}")
         if self.tau_v is not None and not 0.0 <= self.tau_v <= 1.0:
             raise ConfigError(f"policy.tau_v: expected a flow time in [0, 1], got {self.tau_v}")
 

@@ -86,6 +86,10 @@ def build_policy_config(spec: PolicySpec, dataset: Dataset,
     config = base.with_backbone(**bb_overrides)
     decoder = {k: v for k, v in (("horizon", spec.horizon), ("width", spec.decoder_width),
                                  ("depth", spec.decoder_depth)) if v is not None}
+    if spec.instruction_readout is not None:
+        decoder["instruction_readout"] = spec.instruction_readout
+        decoder["readout_frames"] = (config.backbone.history_latent_frames
+                                     if spec.instruction_readout else 0)
     if decoder:
         try:
             config = dataclasses.replace(

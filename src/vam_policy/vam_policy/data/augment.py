@@ -1,0 +1,97 @@
+"""Colour-swap augmentation: each episode again with its frames' RGB channels permuted and the
+instruction's colour words swapped to match.
+
+A policy told "lift the red cube" must find the red thing in the picture. With few layouts a
+decoder can instead learn each layout's motion by heart (which picture, which instruction). A
+copy of the same demonstration in which the red cube is painted green and the instruction says
+"green" keeps every motion and breaks that shortcut: only reading the colour word against the
+picture's colours explains all copies. Channel permutations leave greys (table, arm, floor)
+unchanged, so the copies are pictures the camera could take of a scene with repainted objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vam_policy.data.dataset import Dataset, write_dataset
+from vam_policy.data.episodes import Episode
+
+RGB = 3
+Permutation = tuple[int, int, int]
+"""Output channel i takes input channel p[i]."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorWords:
+    """The words naming objects whose colour sits mostly in the R, G and B channel."""
+
+    red: str = "red"
+    green: str = "green"
+    blue: str = "blue"
+
+    def __post_init__(self) -> None:
+        words = self.by_channel
+        if len(set(words)) != RGB or not all(re.fullmatch(r"\w+", w) for w in words):
+            raise ValueError(f"expected three distinct single-word colour names, got {words}")
+
+    @property
+    def by_channel(self) -> tuple[str, str, str]:
+        return (self.red, self.green, self.blue)
+
+    def swap(self, text: str, permutation: Permutation) -> str:
+        """`text` with every colour word renamed as `permutation` repaints it: what is red
+        (channel 0) in the input shows in the output channel i with permutation[i] == 0."""
+        words = self.by_channel
+        renamed = {words[src]: words[dst] for dst, src in enumerate(permutation)}
+        pattern = r"\b(" + "|".join(map(re.escape, words)) + r")\b"
+        return re.sub(pattern, lambda m: renamed[m.group(1)], text)
+
+
+def swap_permutations() -> list[Permutation]:
+    """The five channel permutations other than the identity."""
+    return [p for p in itertools.permutations(range(RGB)) if p != tuple(range(RGB))]
+
+
+def color_swapped(episode: Episode, permutation: Permutation, words: ColorWords) -> Episode:
+    """`episode` with every camera's channels permuted and its instruction's colour words
+    renamed to match; motions, states and times unchanged."""
+    if sorted(permutation) != list(range(RGB)):
+        raise ValueError(f"expected a permutation of (0, 1, 2), got {permutation}")
+    frames = tuple(np.ascontiguousarray(f[..., list(permutation)]) for f in episode.frames)
+    tag = "".join("rgb"[c] for c in permutation)
+    return dataclasses.replace(
+        episode, frames=frames, instruction=words.swap(episode.instruction, permutation),
+        source=f"{episode.source}#{tag}", notes=(*episode.notes, f"colour swap {tag}"))
+
+
+def with_color_swaps(episodes: Sequence[Episode] | Iterator[Episode],
+                     words: ColorWords) -> Iterator[Episode]:
+    """Each episode, then its five colour-swapped copies."""
+    for episode in episodes:
+        yield episode
+        for permutation in swap_permutations():
+            yield color_swapped(episode, permutation, words)
+
+
+def write_color_swapped(dataset: Dataset, out: str | Path, words: ColorWords,
+                        progress: bool = True) -> Dataset:
+    """Write `dataset` with every episode's five colour-swapped copies as the dataset `out`;
+    each copy keeps its episode's split, so validation never sees a train layout."""
+    copies = len(swap_permutations()) + 1
+    indices = tqdm(range(len(dataset.episodes)), desc="episodes", unit="episode",
+                   disable=not progress)
+    episodes = (copy for i in indices for copy in with_color_swaps([dataset.load_episode(i)],
+                                                                     words))
+    return write_dataset(
+        episodes, copies * len(dataset.episodes), out, profile=dataset.profile,
+        frame_codec=dataset.frame_codec,
+        provenance={"color_swapped_from": str(dataset.root),
+                    "color_words": list(words.by_channel)},
+        splits=[entry.split for entry in dataset.episodes for _ in range(copies)])
