@@ -5,7 +5,7 @@ to the backbone's video feature tokens, self-attends over the action tokens and 
 each sublayer AdaLN-modulated by an embedding of the two flow times (tau_v of the video, tau_a
 of the actions). Optionally (`text_dim`) the modulation also takes the instruction, so which
 video tokens the actions attend to can depend on what was asked (FiLM-style conditioning), and
-(`instruction_readout`) an instruction-gated readout of all video tokens at once predicts the
+(`instruction_readout`) an instruction-gated readout of the history's video tokens predicts the
 chunk's mean, leaving the flow only the rest to model.
 Flow matching (see `flow.py`) lets it represent multimodal chunks: a regression head would
 average two valid motions into an invalid one.
@@ -69,7 +69,9 @@ class DecoderConfig:
             flow models the chunk minus that mean. Flow matching alone learns which cube an
             instruction names only where the noise hides the mode (tau_a near 1): its chunks
             fall on the right modes but pick among them by the noise. The readout is a direct
-            regression of the choice, learnt in a few hundred steps.
+            regression of the choice. Measured on the sim's first chunks (start anchors, 3000
+            steps): the named cube's reach for 69% / 60% (lift / push) of new layouts, against
+            the 33% of chance without it.
         readout_frames: the instruction readout reads the first `readout_frames` frames of
             `video_grid` (the history's latent frames, clean at any tau_v), 0 for all. Future
             tokens carry fresh noise at every call; a readout over them fitted that noise
