@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,13 +71,11 @@ def color_swapped(episode: Episode, permutation: Permutation, words: ColorWords)
         source=f"{episode.source}#{tag}", notes=(*episode.notes, f"colour swap {tag}"))
 
 
-def with_color_swaps(episodes: Sequence[Episode] | Iterator[Episode],
-                     words: ColorWords) -> Iterator[Episode]:
-    """Each episode, then its five colour-swapped copies."""
-    for episode in episodes:
-        yield episode
-        for permutation in swap_permutations():
-            yield color_swapped(episode, permutation, words)
+def color_variants(episode: Episode, words: ColorWords) -> Iterator[Episode]:
+    """The episode, then its five colour-swapped copies."""
+    yield episode
+    for permutation in swap_permutations():
+        yield color_swapped(episode, permutation, words)
 
 
 def write_color_swapped(dataset: Dataset, out: str | Path, words: ColorWords,
@@ -87,8 +85,7 @@ def write_color_swapped(dataset: Dataset, out: str | Path, words: ColorWords,
     copies = len(swap_permutations()) + 1
     indices = tqdm(range(len(dataset.episodes)), desc="episodes", unit="episode",
                    disable=not progress)
-    episodes = (copy for i in indices for copy in with_color_swaps([dataset.load_episode(i)],
-                                                                     words))
+    episodes = (copy for i in indices for copy in color_variants(dataset.load_episode(i), words))
     return write_dataset(
         episodes, copies * len(dataset.episodes), out, profile=dataset.profile,
         frame_codec=dataset.frame_codec,

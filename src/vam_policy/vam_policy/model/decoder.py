@@ -332,7 +332,7 @@ class DecoderBlock(nn.Module):
         x = x + gate * self.self_attn(h, h)
         # MLP
         shift, scale, gate = self.mod_mlp(cond, base)
-        return x + gate * self.mlp(_modulate(self.norm_mlp(x), shift, scale))  # [B, L, W]
+        return x + gate * self.mlp(_modulate(self.norm_mlp(x), shift, scale))  # [B, 1+H, W]
 
 
 class InstructionReadout(nn.Module):
@@ -555,17 +555,17 @@ class ActionDecoder(nn.Module):
     def _velocity(self, x_tau: Tensor, tau_a: Tensor, condition: DecoderCondition,
                   proprio: Tensor, tau_v: Tensor) -> Tensor:
         """The network on checked inputs and the chunk's `condition`."""
-        # inputs: proprio, noisy actions
-        x = torch.cat([self.proprio_embed(self._cast(proprio))[:, None],  # [B, 1, W]
-                       self.action_embed(self._cast(x_tau))], dim=1)  # [B, 1+H, W]
-        x = x + self.pos_embed
+        # inputs
+        tokens = torch.cat([self.proprio_embed(self._cast(proprio))[:, None],  # [B, 1, W]
+                            self.action_embed(self._cast(x_tau))], dim=1)  # [B, 1+H, W]
+        tokens = tokens + self.pos_embed
         # conditioning on the flow times (and the instruction)
-        cond, base = self.time_embed(tau_v, tau_a, condition.instruction)  # [B, W], [B, 3W]?
+        cond, base = self.time_embed(tau_v, tau_a, condition.instruction)  # [B, W], [B, 3W]|None
         # blocks
         for block, block_video in zip(self.blocks, condition.video, strict=True):
-            x = block(x, block_video, cond, base)
+            tokens = block(tokens, block_video, cond, base)
         # output: velocities of the action tokens only
-        return self.output(x[:, 1:], cond).to(x_tau.dtype)  # [B, H, J]
+        return self.output(tokens[:, 1:], cond).to(x_tau.dtype)  # [B, H, J]
 
     def _check_condition(self, features: Tensor, proprio: Tensor, tau_v: Tensor,
                          text: Tensor | None) -> int:
