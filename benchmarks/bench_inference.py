@@ -291,7 +291,7 @@ def run(preset: str, device: str, repeats: int, inputs: str | None = None,
             repeats, dev)))
     rows.append(_row(flops.RECOMPUTED_KV, _timed(lambda: integrate(
         lambda x, tau_a: policy.decoder._velocity(
-            x, tau_a, policy.decoder.condition(features, text), proprio, tau),
+            x, tau_a, policy.decoder.condition(features, text, proprio), proprio, tau),
         noise, 10), repeats, dev)))
     rows.append(maybe_compiled(
         "decoder, 10 flow steps, torch.compile velocity", compiled_decoder,

@@ -226,7 +226,7 @@ class DecoderFlops:
     once: Flops
     """Video feature projection to the decoder width, every block's cross-attention keys and
     values of the video tokens (the same at every step), the instruction embedding and its
-    readout of the video tokens (the mean chunk)."""
+    readout of the video tokens and the proprio state (the mean chunk)."""
     per_step: Flops
     """One velocity evaluation (an Euler step) over 1 proprio + H action tokens."""
     context_kv: int
@@ -248,7 +248,7 @@ def decoder_flops(config: DecoderConfig, video_tokens: int) -> DecoderFlops:
     if config.instruction_readout:
         rank = config.instruction_readout
         once += (_dense(1, config.readout_tokens * config.feature_dim, rank) + _dense(1, w, rank)
-                 + _dense(1, rank, w) + _dense(1, w, horizon * j))
+                 + _dense(1, j, rank) + _dense(1, rank, w) + _dense(1, w, horizon * j))
     embed = (_dense(1, j, w) + _dense(1, w, w)  # proprio
              + _dense(horizon, j, w) + _dense(horizon, w, w)  # noisy actions
              + _dense(1, 2 * _FREQ_DIM, w) + _dense(1, w, w)  # (tau_v, tau_a)

@@ -448,10 +448,22 @@ def test_readout_mean_is_added_to_the_sampled_flow() -> None:
     x = inputs()
     text = torch.randn(B, 3, 5, generator=torch.Generator().manual_seed(3))
     noise = torch.randn(B, H, J)
-    mean = model.condition(x["features"], text).mean
+    mean = model.condition(x["features"], text, x["proprio"]).mean
     assert mean is not None and mean.shape == (B, H, J) and mean.abs().max() > 1e-3
     chunk = model.sample(x["features"], x["proprio"], x["tau_v"], steps=3, noise=noise, text=text)
     torch.testing.assert_close(chunk, noise + mean)
+
+
+def test_readout_mean_depends_on_the_arm_state() -> None:
+    """A relative chunk's mean depends on where the arm is: the same picture and instruction
+    with another proprio state give another mean."""
+    model = ActionDecoder(tiny(instruction_readout=4, text_dim=5, video_grid=(1, 1, N))).eval()
+    x = inputs()
+    text = torch.randn(B, 3, 5, generator=torch.Generator().manual_seed(3))
+    here = model.condition(x["features"], text, x["proprio"]).mean
+    there = model.condition(x["features"], text, x["proprio"] + 1.0).mean
+    assert here is not None and there is not None
+    assert (here - there).abs().max() > 1e-3
 
 
 def test_readout_binds_the_named_colour_to_where_it_is() -> None:

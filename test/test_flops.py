@@ -69,7 +69,7 @@ def _measured(config: PolicyConfig, device: str, steps: tuple[int, ...]) -> dict
         if device != "meta":
             decoder.sample(features, proprio, tau, steps=n, noise=x, text=decoder_text)
             return
-        condition = decoder.condition(features, None)
+        condition = decoder.condition(features, None, proprio)
         for _ in range(n):
             decoder._velocity(x, tau, condition, proprio, tau)
 

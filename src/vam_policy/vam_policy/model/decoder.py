@@ -65,13 +65,14 @@ class DecoderConfig:
         instruction_readout: rank r of the instruction readout, 0 for none. With `text_dim`
             and `video_grid`, the flattened video tokens and the instruction embedding are
             each mapped to r values and multiplied (one linear readout of the whole picture per
-            instruction, low rank) and mapped to a chunk: the mean chunk, trained by MSE; the
-            flow models the chunk minus that mean. Flow matching alone learns which cube an
-            instruction names only where the noise hides the mode (tau_a near 1): its chunks
-            fall on the right modes but pick among them by the noise. The readout is a direct
-            regression of the choice. Measured on the sim's first chunks (start anchors, 3000
-            steps): the named cube's reach for 69% / 60% (lift / push) of new layouts, against
-            the 33% of chance without it.
+            instruction, low rank), a linear map of the proprio state is added (a relative
+            chunk's mean depends on where the arm is) and the sum is mapped to a chunk: the
+            mean chunk, trained by MSE; the flow models the chunk minus that mean. Flow
+            matching alone learns which cube an instruction names only where the noise hides
+            the mode (tau_a near 1): its chunks fall on the right modes but pick among them by
+            the noise. The readout is a direct regression of the choice. Measured on the sim's
+            first chunks (start anchors, 3000 steps): the named cube's reach for 69% / 60%
+            (lift / push) of new layouts, against the 33% of chance without it.
         readout_frames: the instruction readout reads the first `readout_frames` frames of
             `video_grid` (the history's latent frames, clean at any tau_v), 0 for all. Future
             tokens carry fresh noise at every call; a readout over them fitted that noise
@@ -339,7 +340,7 @@ class InstructionReadout(nn.Module):
     """The mean chunk `[B, H, J]` read off the (history's) video tokens at once: the flattened
     tokens `[B, N' * Cf]` and the instruction embedding `[B, W]` each mapped to `rank` values,
     multiplied (a low-rank bilinear map: each instruction its own linear readout of the whole
-    picture) and mapped to a chunk."""
+    picture), plus the proprio state `[B, J]` mapped to `rank` values, mapped to a chunk."""
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -348,12 +349,13 @@ class InstructionReadout(nn.Module):
         self.norm = nn.LayerNorm(config.feature_dim)
         self.video = nn.Linear(self.tokens * config.feature_dim, rank)
         self.instruction = nn.Linear(config.width, rank)
+        self.state = nn.Linear(config.action_dim, rank)
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(rank, config.width), nn.SiLU(),
                                  nn.Linear(config.width, math.prod(self.chunk)))
 
-    def forward(self, features: Tensor, instruction: Tensor) -> Tensor:
+    def forward(self, features: Tensor, instruction: Tensor, proprio: Tensor) -> Tensor:
         video = self.video(self.norm(features[:, :self.tokens]).flatten(1))  # [B, r]
-        mean = self.out(video * self.instruction(instruction))  # [B, H * J]
+        mean = self.out(video * self.instruction(instruction) + self.state(proprio))  # [B, H*J]
         return mean.unflatten(1, self.chunk)  # [B, H, J]
 
 
@@ -456,7 +458,7 @@ class ActionDecoder(nn.Module):
         cfg = self.config
         _check("x_tau", x_tau, "[B, H, J]", (batch, cfg.horizon, cfg.action_dim))
         _check("tau_a", tau_a, "[B]", (batch,), unit_interval=True)
-        return self._velocity(x_tau, tau_a, self.condition(features, text), proprio, tau_v)
+        return self._velocity(x_tau, tau_a, self.condition(features, text, proprio), proprio, tau_v)
 
     def loss(
         self,
@@ -482,7 +484,7 @@ class ActionDecoder(nn.Module):
                             generator=generator)  # [B]
         eps = torch.randn(actions.shape, device=actions.device, dtype=actions.dtype,
                           generator=generator)  # [B, H, J]
-        condition = self.condition(features, text)
+        condition = self.condition(features, text, proprio)
         readout_loss = actions.new_zeros(())
         if condition.mean is not None:
             readout_loss = F.mse_loss(condition.mean.float(), actions.float())
@@ -519,7 +521,7 @@ class ActionDecoder(nn.Module):
                                 generator=generator)
         else:
             _check("noise", noise, "[B, H, J]", shape)
-        condition = self.condition(features, text)  # reused at every step
+        condition = self.condition(features, text, proprio)  # reused at every step
 
         def velocity_field(x: Tensor, tau_a: Tensor) -> Tensor:
             return self._velocity(x, tau_a, condition, proprio, tau_v)
@@ -527,18 +529,21 @@ class ActionDecoder(nn.Module):
         chunk = integrate(velocity_field, noise, steps)
         return chunk if condition.mean is None else chunk + condition.mean.to(chunk.dtype)
 
-    def condition(self, features: Tensor, text: Tensor | None) -> DecoderCondition:
+    def condition(self, features: Tensor, text: Tensor | None,
+                  proprio: Tensor) -> DecoderCondition:
         """What the flow steps of a chunk share (checked inputs): each block's keys and values
         of the video tokens (projected to the decoder width, with their positions), the
-        instruction's embedding and, with `instruction_readout`, the mean chunk. None of it
-        depends on the flow step, so `sample` computes it once per chunk, not once per step."""
+        instruction's embedding and, with `instruction_readout`, the mean chunk (of the
+        features, the instruction and `proprio [B, J]`). None of it depends on the flow step,
+        so `sample` computes it once per chunk, not once per step."""
         context = self.feature_proj(self._cast(features))  # [B, N, W]
         if self.video_pos_embed is not None:
             context = context + self.video_pos_embed()
         instruction = self._instruction(text)  # [B, W] or None
         mean = None
         if self.instruction_readout is not None and instruction is not None:
-            mean = self.instruction_readout(self._cast(features), instruction)  # [B, H, J]
+            mean = self.instruction_readout(self._cast(features), instruction,
+                                            self._cast(proprio))  # [B, H, J]
         return DecoderCondition([block.cross_attn.keys_values(context) for block in self.blocks],
                                 instruction, mean)
 
