@@ -25,10 +25,11 @@ encodes a whole window); (b) relative error |z_stream - z_window| / |z_window| o
 latent; (c) how far the action chunk moves, with the same noise seed (arm joints in rad, the
 gripper opening separately). Yardstick: how far the chunk moves for another noise seed with the
 window's own latents. The node predicts as soon as a newer frame arrives, not every 4 frames:
-streaming would also need calls on that grid. The shipped checkpoint's VAE is the tiny preset's
-(random weights, latent statistics calibrated on the robot's frames); Wan 2.1's trained VAE may
-drift less. Prints tables and writes JSON under benchmarks/results/. On a CPU only the time
-ratios mean much.
+streaming would also need calls on that grid. The committed results used the checkpoint
+shipped before stage 0, whose VAE was the tiny preset's (random weights, latent statistics
+calibrated on the robot's frames); a trained VAE (stage 0, Wan 2.1's) may drift less.
+Prints tables and writes JSON under benchmarks/results/. On a CPU only the time ratios mean
+much.
 """
 
 from __future__ import annotations

@@ -198,11 +198,12 @@ def test_instruction_by_service_and_topic_shows_in_status(robot: Robot) -> None:
 
 
 def test_runtime_parameter_changes_are_checked_and_applied(robot: Robot) -> None:
-    """execute_steps applies to the next chunks; read-only and out-of-range values are
-    rejected with the reason."""
+    """execute_steps applies to the next chunks (re-planning from every frame, so that a chunk
+    of 2 steps is followed by the next); read-only and out-of-range values are rejected with
+    the reason."""
     robot.ensure_running()
-    reply = robot.command("set_params", params={"execute_steps": 2})
-    assert reply["results"] == [{"successful": True, "reason": ""}]
+    reply = robot.command("set_params", params={"execute_steps": 2, "replan_steps": 0})
+    assert reply["results"] == [{"successful": True, "reason": ""}] * 2
     time.sleep(1.0)
     short = robot.events("trajectory", since=reply["t"] + 0.5)
     assert short and all(len(e["positions"]) <= 2 for e in short)

@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--demos", type=int, required=True, help="demos recorded per task")
     parser.add_argument("--steps", type=int, required=True, help="training steps")
     parser.add_argument("--script", required=True, help="the script run, with its arguments")
-    parser.add_argument("--train-command", required=True, help="its `vam train idm` command")
+    parser.add_argument("--train-command", required=True,
+                        help="its training commands (stage 0, then stage 2)")
     parser.add_argument("--commit", required=True, help="the code's git commit")
     args = parser.parse_args(argv)
     record = write_training_record(args.folder, script=args.script,

@@ -1,0 +1,136 @@
+"""How precisely the policy's inputs say where the named cube is: a linear probe per input.
+
+    python benchmarks/probe_cube_position.py --train DATASET --test DATASET \\
+        [--checkpoint models/sim_panda/policy] [--backbone tiny ...] [--ridge 1,10]
+
+On each sim lift episode's first observation (the arm still, nothing occluded), ridge
+regression (one per instruction colour word) maps an input to the xy of the cube that the
+instruction names, fitted on `--train` and scored on `--test` (layouts from the episode seeds;
+colour-swapped copies from `vam dataset augment-colors` count as more layouts, their targets
+the cube the renamed word now names). Inputs, for the checkpoint's backbone and each
+`--backbone` put in its place (`tiny`: the random-weight preset): the backbone's features of
+the history tokens (what the instruction readout reads), the VAE's history latents, and the
+model-ready pixels of the newest frame, the yardstick. A decoder that reaches the cube to
+within a few cm needs features that place it at least that well; the probe bounds what a
+linear read-out gets. Prints a table and writes JSON under benchmarks/results/.
+
+The committed results: --train = the shipped checkpoint's dataset (64 demos a task, see its
+training.json) through `vam dataset augment-colors`; --test = `vam sim record --episodes-per-task
+12 --seed 1000` (the evaluation's layouts), `vam dataset build`, `vam dataset augment-colors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from results_io import write_result
+
+from vam_policy.data.dataset import load_dataset
+from vam_policy.machine import describe_machine
+from vam_policy.model.checkpoint import load_checkpoint
+from vam_policy.model.policy import VAMPolicy
+from vam_policy.sim.tasks import get_task
+from vam_policy.train.samples import SampleSpec, episode_clip
+
+INPUTS = ("features", "vae_latents", "pixels")
+_LIFT = re.compile(r"(lift_(?:red|green|blue))_(\d+)")
+
+
+def first_observations(policy: VAMPolicy, dataset: Path) -> dict[str, np.ndarray]:
+    """Each input at t = 0 of the dataset's lift episodes, with the named cube's xy (cm) and
+    the instruction's colour word."""
+    data = load_dataset(dataset)
+    config = policy.config
+    spec = SampleSpec(history_frames=config.history_frames, future_frames=0, fps=config.fps,
+                      horizon=config.horizon, action_dt=config.action_dt)
+    tokens = config.decoder.readout_tokens or (config.backbone.history_latent_frames
+                                               * int(np.prod(config.decoder.video_grid[1:])))
+    rows: dict[str, list[Any]] = {name: [] for name in (*INPUTS, "xy", "word")}
+    for index, episode in enumerate(data.episodes):
+        match = _LIFT.search(episode.source)
+        if match is None:
+            continue
+        task = get_task(match.group(1))
+        layout = task.sample_layout(task.episode_rng(int(match.group(2))))
+        clip = episode_clip(data.load_episode(index), 0, spec)
+        with torch.no_grad():
+            video = policy.preprocess_frames(clip[None])
+            history = policy.backbone.encode_video(video)
+            text = policy.embed_instructions([episode.instruction])
+            features = policy.backbone.features(history, text, 1.0,
+                                                generator=torch.Generator().manual_seed(0))
+        rows["features"].append(features[0, :tokens].flatten().numpy())
+        rows["vae_latents"].append(history[0].flatten().numpy())
+        rows["pixels"].append(video[0, :, -1].flatten().numpy())
+        cube = layout[task.cube]
+        rows["xy"].append([100 * cube.x, 100 * cube.y])
+        rows["word"].append(episode.instruction.split()[2])
+    if not rows["xy"]:
+        raise SystemExit(f"{dataset}: no sim lift episodes (sources like lift_red_0007)")
+    return {name: np.asarray(values) for name, values in rows.items()}
+
+
+def ridge_errors(train: dict[str, np.ndarray], test: dict[str, np.ndarray], name: str,
+                 ridge: float) -> np.ndarray:
+    """|predicted - true| xy (cm) of every test episode, one ridge fit per colour word (dual
+    form: fewer episodes than input values). The penalty is `ridge` per 100 input values."""
+    errors = []
+    for word in sorted(set(train["word"])):
+        a, b = train[name][train["word"] == word], test[name][test["word"] == word]
+        if not len(b):
+            continue
+        y = train["xy"][train["word"] == word]
+        mean, std = a.mean(0), a.std(0) + 1e-6
+        a, b = (a - mean) / std, (b - mean) / std
+        alpha = np.linalg.solve(a @ a.T + ridge * a.shape[1] / 100 * np.eye(len(a)),
+                                y - y.mean(0))
+        errors.append(np.abs(b @ (a.T @ alpha) + y.mean(0) - test["xy"][test["word"] == word]))
+    return np.concatenate(errors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", type=Path, required=True, help="dataset the probes fit on")
+    parser.add_argument("--test", type=Path, required=True, help="dataset of new layouts")
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/sim_panda/policy"),
+                        help="policy checkpoint whose inputs are probed")
+    parser.add_argument("--backbone", action="append", default=[],
+                        help="also probe the checkpoint's policy on this backbone (a preset "
+                        "such as tiny, or a folder; repeatable)")
+    parser.add_argument("--ridge", default="1,10", help="ridge penalties to try")
+    parser.add_argument("--name", default="cube_position_probe", help="results JSON name")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    penalties = [float(value) for value in args.ridge.split(",")]
+    results = {"machine": describe_machine(), "train": str(args.train), "test": str(args.test),
+               "rows": []}
+    print("| backbone | input | values | ridge | x error (cm) | y error (cm) | train / test |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    shipped = load_checkpoint(args.checkpoint).eval()
+    results["checkpoint"] = str(args.checkpoint)
+    for backbone in ("checkpoint's", *args.backbone):
+        policy = (shipped if backbone == "checkpoint's" else
+                  VAMPolicy.build(shipped.config.with_backbone(source=backbone)).eval())
+        train, test = (first_observations(policy, args.train),
+                       first_observations(policy, args.test))
+        for name in INPUTS:
+            for ridge in penalties:
+                error = ridge_errors(train, test, name, ridge).mean(0)
+                row = {"backbone": backbone, "input": name,
+                       "values": int(train[name].shape[1]), "ridge": ridge,
+                       "x_error_cm": float(error[0]), "y_error_cm": float(error[1]),
+                       "train_episodes": len(train["xy"]), "test_episodes": len(test["xy"])}
+                results["rows"].append(row)
+                print(f"| {backbone} | {name} | {row['values']} | {ridge:g} | "
+                      f"{error[0]:.2f} | {error[1]:.2f} | {len(train['xy'])} / "
+                      f"{len(test['xy'])} |", flush=True)
+    write_result(args.name, results)
+
+
+if __name__ == "__main__":
+    main()
