@@ -2,7 +2,7 @@
 
     vam_sim_node --ros-args --params-file config/sim_panda.yaml [-p task:=push_red_left]
 
-It publishes what a real arm's drivers publish (a camera `sensor_msgs/Image` rgb8 and a
+It publishes what a real arm's drivers publish (one `sensor_msgs/Image` rgb8 per camera, a
 `sensor_msgs/JointState` of the seven arm joints plus the virtual `robot0_gripper` opening) and
 executes `trajectory_msgs/JointTrajectory` like a ros2_control JointTrajectoryController
 (`sim/trajectory.py`). `~/reset` (vam_msgs/srv/ResetEpisode) starts a seeded episode of a task,
@@ -53,7 +53,7 @@ from vam_policy.ros.sim_parameters import (
     sim_settings_from_parameters,
 )
 from vam_policy.ros.spin import spin_node
-from vam_policy.sim.arm import Observation, SimArm, SimConfig
+from vam_policy.sim.arm import Observation, SimArm
 from vam_policy.sim.tasks import get_task
 from vam_policy.sim.trajectory import (
     GRIPPER_LIMITS,
@@ -75,7 +75,7 @@ class _Sample:
 
     index: int
     stamp_ns: int
-    rgb: np.ndarray
+    images: tuple[np.ndarray, ...]
     positions: np.ndarray  # [8]: arm joints, then gripper opening
     velocities: np.ndarray  # [8]
 
@@ -110,7 +110,7 @@ class SimNode(Node):
         self._lock = threading.Lock()
         self._logged_at: dict[str, float] = {}
         self._steps: deque[tuple[float, float]] = deque(maxlen=_RATE_WINDOW_STEPS)
-        self._sent = {"camera": -1, "joints": -1}
+        self._sent = {"cameras": -1, "joints": -1}
         self._samples = 0
         self._episode = _Episode(0, s.task, "", s.seed)
         self._resets: queue.SimpleQueue[tuple[str, int, Future[_Episode]]] = queue.SimpleQueue()
@@ -130,7 +130,7 @@ class SimNode(Node):
         except ParameterError:
             self.destroy_node()
             raise
-        self._image_pub = self.create_publisher(Image, s.camera_topic, 5)
+        self._image_pubs = [self.create_publisher(Image, topic, 5) for topic in s.camera_topics]
         self._joint_pub = self.create_publisher(JointState, s.joint_states_topic, 10)
         self._status_pub = self.create_publisher(EpisodeStatus, "~/episode", 10)
         self.create_subscription(JointTrajectory, s.trajectory_topic, self._on_trajectory, 10)
@@ -139,8 +139,9 @@ class SimNode(Node):
         self.create_timer(1.0 / s.joint_states_rate_hz, self._publish_joints)
         self.create_timer(1.0 / s.status_rate_hz, self._publish_status)
         self.get_logger().info(
-            f"task {s.task} seed {s.seed}; physics {s.control_rate_hz:g} Hz; camera "
-            f"{s.image_width}x{s.image_height} at {s.camera_rate_hz:g} Hz on {s.camera_topic}; "
+            f"task {s.task} seed {s.seed}; physics {s.control_rate_hz:g} Hz; cameras "
+            f"{s.image_width}x{s.image_height} at {s.camera_rate_hz:g} Hz on "
+            f"{', '.join(s.camera_topics)}; "
             f"joints {list(self._joint_names)} on {s.joint_states_topic}; trajectories from "
             f"{s.trajectory_topic}"
         )
@@ -267,7 +268,7 @@ class SimNode(Node):
             observation.gripper_opening, before.gripper_opening if before else None,
             self._period_s)
         self._samples += 1
-        self._sample = _Sample(self._samples, self._now_ns(), observation.rgb, positions,
+        self._sample = _Sample(self._samples, self._now_ns(), observation.images, positions,
                                velocities)
 
     def _reset(self, task: str, seed: int) -> None:
@@ -326,16 +327,17 @@ class SimNode(Node):
     # ---- outputs ------------------------------------------------------------------------
 
     def _publish_frame(self) -> None:
-        sample = self._unsent("camera")
+        sample = self._unsent("cameras")
         if sample is None:
             return
-        s = self._settings
-        height, width = sample.rgb.shape[:2]
-        msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0,
-                    step=width * 3, data=sample.rgb.tobytes())
-        msg.header.stamp = _time(sample.stamp_ns)
-        msg.header.frame_id = s.camera
-        self._image_pub.publish(msg)
+        for camera, image, publisher in zip(self._settings.cameras, sample.images,
+                                            self._image_pubs, strict=True):
+            height, width = image.shape[:2]
+            msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0,
+                        step=width * 3, data=image.tobytes())
+            msg.header.stamp = _time(sample.stamp_ns)
+            msg.header.frame_id = camera
+            publisher.publish(msg)
 
     def _publish_joints(self) -> None:
         sample = self._unsent("joints")
@@ -383,10 +385,7 @@ class SimNode(Node):
 
 def _build_arm(s: SimNodeSettings) -> SimArm:
     try:
-        return SimArm(SimConfig(
-            camera=s.camera, image_height=s.image_height, image_width=s.image_width,
-            control_hz=s.control_rate_hz, horizon_s=s.episode_time_limit_s, seed=s.seed,
-        ))
+        return SimArm(s.arm_config())
     except ValueError as error:  # e.g. a camera the scene does not have
         raise ParameterError([str(error)]) from error
 

@@ -84,7 +84,7 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
     from vam_policy.sim.arm import SimArm
     from vam_policy.sim.diagnose import diagnose, markdown_table, summarize, write_report
-    from vam_policy.sim.recording import load_sim_settings, sim_config
+    from vam_policy.ros.sim_parameters import load_sim_settings
     from vam_policy.sim.tasks import TASKS
 
     try:
@@ -92,7 +92,7 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
             raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
         node = settings_from_parameters(load_parameters_file(args.profile))
         replan_steps = max(1, node.replan_steps)
-        config = sim_config(load_sim_settings(args.profile))
+        config = load_sim_settings(args.profile).arm_config()
         policy = load_checkpoint(args.checkpoint).eval()
         with SimArm(config) as arm:
             episodes = diagnose(policy, arm, args.tasks or sorted(TASKS), args.episodes, args.seed,

@@ -4,8 +4,8 @@
 
 The experts run in the simulator directly (no ROS, faster than real time), and each episode is
 written with the `rosbags` package as one bag holding exactly what `ros2 bag record` would get
-from `vam_sim_node` and the policy node's inputs: the camera Image (rgb8), the JointState of the
-arm joints plus `robot0_gripper`, the expert's commands as JointTrajectory on the trajectory
+from `vam_sim_node` and the policy node's inputs: one Image (rgb8) per camera, the JointState of
+the arm joints plus `robot0_gripper`, the expert's commands as JointTrajectory on the trajectory
 topic and the instruction as std_msgs/String on the policy node's instruction topic, plus an
 `instruction.txt`. Topics, rates and stamps follow the sim node's rules (`vam_sim_node`
 section of the profile): every physics state is stamped with its simulated time, a timer at
@@ -34,7 +34,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from vam_policy.data.episodes import INSTRUCTION_FILE, RecordingProfile
 from vam_policy.ros.sim_parameters import SimNodeSettings, load_sim_settings
-from vam_policy.sim.arm import SimArm, SimConfig
+from vam_policy.sim.arm import SimArm
 from vam_policy.sim.experts import make_expert
 from vam_policy.sim.tasks import get_task
 from vam_policy.sim.trajectory import controlled_joints, controller_state
@@ -54,13 +54,13 @@ _TRAJECTORY, _STRING = "trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/Stri
 class RecordingTopics:
     """What a recording holds: the sim node's topics and rates, the policy's instruction topic."""
 
-    camera_topic: str
+    camera_topics: tuple[str, ...]
     joint_states_topic: str
     trajectory_topic: str
     instruction_topic: str
     camera_rate_hz: float
     joint_states_rate_hz: float
-    camera_frame_id: str
+    cameras: tuple[str, ...]  # frame_id of each camera topic's images
 
     @classmethod
     def from_profile(cls, path: str | Path) -> tuple[RecordingTopics, SimNodeSettings]:
@@ -75,7 +75,7 @@ class RecordingTopics:
         problems = [
             f"{what}: vam_sim_node has {mine!r}, vam_policy_node {theirs!r}"
             for what, mine, theirs in (
-                ("camera topic", (sim.camera_topic,), policy.camera_topics),
+                ("camera topics", sim.camera_topics, policy.camera_topics),
                 ("joint states topic", sim.joint_states_topic, policy.joint_states_topic),
                 ("trajectory topic", sim.trajectory_topic, policy.trajectory_topic),
                 ("joint names", joints, policy.joint_names),
@@ -85,9 +85,9 @@ class RecordingTopics:
         if problems:
             raise ValueError(f"profile {path}: the sim and policy sections disagree: "
                              + "; ".join(problems))
-        topics = cls(sim.camera_topic, sim.joint_states_topic, sim.trajectory_topic,
+        topics = cls(sim.camera_topics, sim.joint_states_topic, sim.trajectory_topic,
                      policy.instruction_topic, sim.camera_rate_hz, sim.joint_states_rate_hz,
-                     sim.camera)
+                     sim.cameras)
         return topics, sim
 
 
@@ -102,13 +102,6 @@ class RecordedEpisode:
     sim_time_s: float
     wall_time_s: float
     bag: str
-
-
-def sim_config(settings: SimNodeSettings) -> SimConfig:
-    """The SimConfig the sim node runs with these settings."""
-    return SimConfig(camera=settings.camera, image_height=settings.image_height,
-                     image_width=settings.image_width, control_hz=settings.control_rate_hz,
-                     horizon_s=settings.episode_time_limit_s, seed=settings.seed)
 
 
 def sent_by_timer(t: float, period_s: float, rate_hz: float) -> bool:
@@ -138,7 +131,7 @@ def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: Record
             topic: writer.add_connection(topic, msgtype, typestore=_TYPESTORE)
             for topic, msgtype in ((topics.instruction_topic, _STRING),
                                    (topics.joint_states_topic, _JOINTS),
-                                   (topics.camera_topic, _IMAGE),
+                                   *((topic, _IMAGE) for topic in topics.camera_topics),
                                    (topics.trajectory_topic, _TRAJECTORY))
         }
 
@@ -157,8 +150,9 @@ def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: Record
                     header=_header(stamp), name=list(joints), position=positions,
                     velocity=velocities, effort=np.zeros(0)))
             if sent_by_timer(observation.time, period, topics.camera_rate_hz):
-                write(topics.camera_topic, stamp, _image(observation.rgb, stamp,
-                                                         topics.camera_frame_id))
+                for topic, camera, image in zip(topics.camera_topics, topics.cameras,
+                                                observation.images, strict=True):
+                    write(topic, stamp, _image(image, stamp, camera))
             if observation.time >= expert.duration_s + settle_s or arm.truncated:
                 break
             command = expert.act(observation)
@@ -202,7 +196,7 @@ def record_demonstrations(
     # This run's own scratch folder, so recorders writing to one `out` side by side don't clash.
     scratch = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=out))
     try:
-        with SimArm(sim_config(settings)) as arm:
+        with SimArm(settings.arm_config()) as arm:
             for task, episode_seed in planned:
                 final = out / _bag_name(task, episode_seed)
                 # Written elsewhere under its final name (the storage file is named after the
