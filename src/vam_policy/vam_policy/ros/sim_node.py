@@ -13,8 +13,8 @@ Threads: a physics thread steps the `SimArm` at control_rate_hz, paced by the wa
 catch up in a burst). It builds and owns the arm, because the renderer's GL context is current
 in one thread only; the reset service hands resets to it and waits. The executor runs the
 trajectory subscription, the reset service and the publish timers. The newest state, the
-trajectory executor and the episode record are shared under one lock; messages are built from
-copies outside it.
+trajectory executor and the episode record are shared under one lock, which the physics
+thread lets go while it renders the cameras; messages are built from copies outside it.
 
 Time: everything uses the node clock. A frame and a joint state are stamped when their physics
 step ended, and each is published once, so a stamp always says when the state was true (joint
@@ -245,9 +245,9 @@ class SimNode(Node):
             now_s = self._now_ns() / 1e9
             target = self._trajectory.sample(now_s + self._period_s)
             before = self._arm.observation
-            observation = self._arm.step(target[:-1], float(target[-1]))
+            observation = self._arm.step(target[:-1], float(target[-1]), render=False)
+            stamp_ns = self._now_ns()
             self._steps.append((time.monotonic(), observation.time))
-            self._set_sample(observation, before)
             episode = self._episode
             success = episode.success or self._arm.success()
             self._episode = replace(
@@ -258,23 +258,29 @@ class SimNode(Node):
             )
             changed = (self._episode.success, self._episode.done) != (episode.success,
                                                                       episode.done)
+        # Rendering takes most of a step: outside the lock, trajectories and publishers need not
+        # wait for it (only this thread touches the simulation).
+        images = self._arm.render()
+        with self._lock:
+            self._set_sample(observation, before, images, stamp_ns)
         if changed:
             self._publish_status()
 
-    def _set_sample(self, observation: Observation, before: Observation | None) -> None:
-        """Make `observation` the newest sample (caller holds the lock)."""
+    def _set_sample(self, observation: Observation, before: Observation | None,
+                    images: tuple[np.ndarray, ...], stamp_ns: int) -> None:
+        """Make `observation` with `images`, simulated up to `stamp_ns`, the newest sample
+        (caller holds the lock)."""
         positions, velocities = controller_state(
             observation.joint_positions, observation.joint_velocities,
             observation.gripper_opening, before.gripper_opening if before else None,
             self._period_s)
         self._samples += 1
-        self._sample = _Sample(self._samples, self._now_ns(), observation.images, positions,
-                               velocities)
+        self._sample = _Sample(self._samples, stamp_ns, images, positions, velocities)
 
     def _reset(self, task: str, seed: int) -> None:
         """Start an episode (caller holds the lock): hold the new start pose."""
         observation = self._arm.reset(task, seed)
-        self._set_sample(observation, None)
+        self._set_sample(observation, None, observation.images, self._now_ns())
         self._trajectory.reset(self._sample.positions, self._now_ns() / 1e9)
         self._steps.clear()
         self._episode = _Episode(self._episode.number + 1, self._arm.task.name,

@@ -79,7 +79,8 @@ class Observation:
     """What the robot senses after a reset or a step.
 
     Attributes:
-        images: One image per `SimConfig.cameras`, each [H, W, 3] uint8, row 0 at the top.
+        images: One image per `SimConfig.cameras`, each [H, W, 3] uint8, row 0 at the top
+            (none after a step that was not rendered).
         joint_positions: [7] rad, in `SimArm.joint_names` order.
         joint_velocities: [7] rad/s, same order.
         gripper_opening: Finger opening in [0, 1]: 1 fully open (8 cm), 0 closed.
@@ -189,10 +190,12 @@ class SimArm:
         self._observation = self._observe()
         return self._observation
 
-    def step(self, joint_targets: Sequence[float] | np.ndarray, gripper: float) -> Observation:
+    def step(self, joint_targets: Sequence[float] | np.ndarray, gripper: float,
+             render: bool = True) -> Observation:
         """Hold absolute `joint_targets` [7] (rad) and gripper opening `gripper` for one period.
 
         Targets are clipped to the joint limits, as a position controller's limits would.
+        `render=False` leaves the images out (call `render` later for them).
         """
         if self._observation is None:
             raise RuntimeError("step before reset: call reset(task, seed) first")
@@ -203,7 +206,7 @@ class SimArm:
             raise ValueError(f"gripper must be a finite opening in [0, 1], got {gripper!r}")
         targets = np.clip(targets, self.joint_lower, self.joint_upper)
         self._scene.step(np.concatenate([targets, [float(gripper)]]))
-        self._observation = self._observe()
+        self._observation = self._observe(render)
         return self._observation
 
     def apply(self, command: Command) -> Observation:
@@ -252,11 +255,11 @@ class SimArm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _observe(self) -> Observation:
+    def _observe(self, render: bool = True) -> Observation:
         qpos = self._data.qpos
         fingers = qpos[self._scene.finger_qpos_ids]
         return Observation(
-            images=self.render(),
+            images=self.render() if render else (),
             joint_positions=qpos[self._scene.arm_qpos_ids].copy(),
             joint_velocities=self._data.qvel[self._scene.arm_qvel_ids].copy(),
             gripper_opening=float(np.clip((fingers[0] - fingers[1]) / (2 * FINGER_TRAVEL_M), 0, 1)),

@@ -35,6 +35,7 @@ from rosbags.typesys import Stores, get_typestore
 from vam_policy.data.episodes import INSTRUCTION_FILE, RecordingProfile
 from vam_policy.ros.sim_parameters import SimNodeSettings, load_sim_settings
 from vam_policy.sim.arm import SimArm
+from vam_policy.sim.disturbance import ApproachDisturbance
 from vam_policy.sim.experts import make_expert
 from vam_policy.sim.tasks import get_task
 from vam_policy.sim.trajectory import controlled_joints, controller_state
@@ -48,6 +49,7 @@ _TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 _T = _TYPESTORE.types
 _IMAGE, _JOINTS = "sensor_msgs/msg/Image", "sensor_msgs/msg/JointState"
 _TRAJECTORY, _STRING = "trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/String"
+_DISTURBANCE_STREAM = 7  # the disturbance's random stream, apart from the layout's
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,14 @@ def sent_by_timer(t: float, period_s: float, rate_hz: float) -> bool:
 
 
 def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: RecordingTopics,
-                   storage: Storage = "mcap", settle_s: float = 0.3) -> RecordedEpisode:
+                   storage: Storage = "mcap", settle_s: float = 0.3,
+                   disturbance: ApproachDisturbance | None = None) -> RecordedEpisode:
     """Run `task`'s expert from `seed` and write every message to a new bag at `path`.
 
     Ends `settle_s` after the expert's plan or at the episode time limit, like
-    `run_expert_episode`; success is judged at the end. The bag is written either way.
+    `run_expert_episode`; success is judged at the end. The bag is written either way. With a
+    `disturbance` (drawn from `seed`), the arm executes the expert's targets plus its offsets,
+    and the bag holds the expert's targets.
     """
     wall_start = time.monotonic()
     observation = arm.reset(task, seed)
@@ -126,6 +131,11 @@ def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: Record
     start_ns = time.time_ns()
     previous_gripper: float | None = None
     steps = 0
+    offsets = np.zeros((math.ceil(arm.config.horizon_s / period) + 1, len(arm.joint_names)))
+    if disturbance is not None:
+        offsets = disturbance.offsets(np.random.default_rng([seed, _DISTURBANCE_STREAM]),
+                                      len(offsets), len(arm.joint_names), period,
+                                      expert.approach_s)
     with Writer(path, version=9, storage_plugin=_PLUGINS[storage]) as writer:
         connections = {
             topic: writer.add_connection(topic, msgtype, typestore=_TYPESTORE)
@@ -159,7 +169,7 @@ def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: Record
             write(topics.trajectory_topic, stamp, _trajectory(
                 joints, [*command.joint_targets, command.gripper], stamp, period))
             previous_gripper = observation.gripper_opening
-            observation = arm.apply(command)
+            observation = arm.step(command.joint_targets + offsets[steps], command.gripper)
             steps += 1
     return RecordedEpisode(arm.task.name, seed, arm.success(), steps, observation.time,
                            time.monotonic() - wall_start, str(path))
@@ -173,12 +183,14 @@ def record_demonstrations(
     *,
     seed: int = 0,
     storage: Storage = "mcap",
+    disturbance_rad: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> list[RecordedEpisode]:
     """Record `episodes_per_task` expert episodes of each task (seeds seed, seed+1, ...).
 
     Writes `<out>/<task>_<seed>/` bags of the solved episodes only, and `<out>/recording.json`
-    listing every episode. Refuses to overwrite an existing bag.
+    listing every episode. Refuses to overwrite an existing bag. `disturbance_rad` > 0 disturbs
+    each approach by an `ApproachDisturbance` of that scale.
     """
     topics, settings = RecordingTopics.from_profile(profile)
     for task in tasks:
@@ -186,6 +198,7 @@ def record_demonstrations(
     if episodes_per_task < 1 or storage not in STORAGES or not tasks:
         raise ValueError(f"need tasks, episodes_per_task >= 1 and a storage in {STORAGES}, "
                          f"got {list(tasks)}, {episodes_per_task}, {storage!r}")
+    disturbance = ApproachDisturbance(disturbance_rad) if disturbance_rad else None
     out = Path(out)
     planned = [(task, seed + i) for task in tasks for i in range(episodes_per_task)]
     existing = [str(out / _bag_name(*p)) for p in planned if (out / _bag_name(*p)).exists()]
@@ -202,7 +215,8 @@ def record_demonstrations(
                 # Written elsewhere under its final name (the storage file is named after the
                 # folder), then moved in whole: a crash leaves no half bag among the good ones.
                 partial = scratch / final.name
-                result = record_episode(arm, task, episode_seed, partial, topics, storage)
+                result = record_episode(arm, task, episode_seed, partial, topics, storage,
+                                        disturbance=disturbance)
                 if result.success:
                     (partial / INSTRUCTION_FILE).write_text(arm.task.instruction + "\n",
                                                             encoding="utf-8")
@@ -218,7 +232,8 @@ def record_demonstrations(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     kept = sum(r.success for r in results)
-    summary = {"profile": str(profile), "storage": storage, "kept": kept,
+    summary = {"profile": str(profile), "storage": storage, "disturbance_rad": disturbance_rad,
+               "kept": kept,
                "episodes": [asdict(r) for r in results]}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log(f"kept {kept} of {len(results)} episodes (only solved ones) in {out}")
