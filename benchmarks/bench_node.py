@@ -134,6 +134,7 @@ def main() -> int:
         node = subprocess.Popen(
             [sys.executable, "-m", "vam_policy.ros.node", "--ros-args", "--params-file",
              str(PROFILE), "-p", f"checkpoint:={checkpoint}", "-p", "instruction:=lift the cube",
+             "-p", f"camera_topics:=[{profile['camera_topics'][0]}]",  # one camera, one feeder
              "-p", "start_paused:=false"],
             stderr=subprocess.DEVNULL, **start_kwargs)
         threading.Thread(target=collect, args=(feeder.stdout, events), daemon=True).start()

@@ -35,6 +35,7 @@ from vam_policy.machine import describe_machine
 from vam_policy.model.checkpoint import load_checkpoint
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.sim.tasks import get_task
+from vam_policy.train.config import SampleConfig
 from vam_policy.train.samples import SampleSpec, episode_clip
 
 INPUTS = ("features", "vae_latents", "pixels")
@@ -46,8 +47,7 @@ def first_observations(policy: VAMPolicy, dataset: Path) -> dict[str, np.ndarray
     the instruction's colour word."""
     data = load_dataset(dataset)
     config = policy.config
-    spec = SampleSpec(history_frames=config.history_frames, future_frames=0, fps=config.fps,
-                      horizon=config.horizon, action_dt=config.action_dt)
+    spec = SampleSpec.from_policy(config, SampleConfig(), future=False)
     tokens = config.decoder.readout_tokens or (config.backbone.history_latent_frames
                                                * int(np.prod(config.decoder.video_grid[1:])))
     rows: dict[str, list[Any]] = {name: [] for name in (*INPUTS, "xy", "word")}

@@ -155,7 +155,7 @@ class NodeAndPeer:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight policy for the sim_panda joints, saved once per session.
+    """A tiny random-weight policy for the sim_panda joints and cameras, saved once per session.
 
     Built on the fly (~2 s on a CPU) so node tests need no downloaded weights; imports torch
     only when a test asks for it.
@@ -167,9 +167,10 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vam_policy.model.policy_config import policy_preset
     from vam_policy.ros.parameters import load_parameters_file
 
-    joints = load_parameters_file(REPO_ROOT / "config" / "sim_panda.yaml")["joint_names"]
+    profile = load_parameters_file(REPO_ROOT / "config" / "sim_panda.yaml")
     torch.manual_seed(0)
-    policy = VAMPolicy.build(policy_preset("tiny", joint_names=joints))
+    policy = VAMPolicy.build(policy_preset("tiny", joint_names=profile["joint_names"],
+                                           cameras=len(profile["camera_topics"])))
     return save_checkpoint(policy, tmp_path_factory.mktemp("checkpoint") / "tiny_sim_panda")
 
 

@@ -315,6 +315,24 @@ def test_sample_is_bit_identical_after_save_and_load() -> None:
     assert torch.equal(*seeded) and not torch.equal(seeded[0], first)
 
 
+def test_noise_scale_zero_gives_the_one_chunk_the_flow_carries_zero_to() -> None:
+    """noise_scale 0: every draw starts at zero, so the seed no longer matters; a scale in
+    between starts from the scaled draw; a negative scale is refused."""
+    torch.manual_seed(0)
+    model = randomize_zero_init(ActionDecoder(tiny())).eval()
+    x = inputs()
+    cond = (x["features"], x["proprio"], x["tau_v"])
+    chunks = [model.sample(*cond, generator=torch.Generator().manual_seed(s), noise_scale=0.0)
+              for s in (1, 2)]
+    assert torch.equal(*chunks)
+    assert torch.equal(chunks[0], model.sample(*cond, noise=torch.zeros(B, H, J)))
+    half = model.sample(*cond, generator=torch.Generator().manual_seed(1), noise_scale=0.5)
+    draw = torch.randn(B, H, J, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(half, model.sample(*cond, noise=0.5 * draw))
+    with pytest.raises(ValueError, match="noise_scale must be >= 0"):
+        model.sample(*cond, noise_scale=-0.1)
+
+
 def test_loss_replays_with_a_generator() -> None:
     torch.manual_seed(0)
     model = randomize_zero_init(ActionDecoder(tiny()))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO_ROOT, Processes
 from vam_policy.ros.evaluation import EpisodeOutcome, markdown_table, summarize
@@ -36,10 +37,15 @@ def test_eval_closes_the_loop_on_the_tiny_checkpoint(processes: Processes,
     policy node's trajectories (the arm moved far more than an idle arm drifts), results are
     written and printed, and both node processes are gone afterwards."""
     out = tmp_path / "eval"
+    # From zero start noise (the sim profile's noise_scale 0) an untrained decoder barely moves.
+    document = yaml.safe_load(PROFILE.read_text())
+    document["vam_policy_node"]["ros__parameters"]["noise_scale"] = 1.0
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump(document))
     process = processes.start(
         sys.executable, "-m", "vam_policy.cli", "eval", "--checkpoint", tiny_checkpoint,
         "--episodes", "1", "--tasks", "lift_red,push_blue_left", "--max-time-s", "3",
-        "--profile", PROFILE, "--out", out,
+        "--profile", profile, "--out", out,
     )
     stdout, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr

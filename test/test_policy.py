@@ -130,6 +130,16 @@ def test_decoder_video_grid_follows_the_backbone_frame_size() -> None:
         dataclasses.replace(config, backbone=bigger.backbone)
 
 
+def test_each_camera_keeps_the_preset_frame_size() -> None:
+    """Two cameras tiled side by side: a frame twice as wide, twice the tokens a latent frame,
+    so neither view is cropped to fit the preset's width."""
+    one = policy_preset("tiny", joint_names=JOINTS)
+    two = policy_preset("tiny", joint_names=JOINTS, cameras=2)
+    assert (two.backbone.height, two.backbone.width) == (one.backbone.height,
+                                                         2 * one.backbone.width)
+    assert two.decoder.video_grid == two.backbone.token_grid == (4, 2, 4)
+
+
 def test_unknown_preset_suggests_the_close_name() -> None:
     with pytest.raises(ValueError, match="Did you mean 'tiny'"):
         policy_preset("tinny", joint_names=JOINTS)

@@ -66,6 +66,21 @@ def test_observation_shapes_and_image_shows_the_cubes(arm: SimArm) -> None:
         assert dominant.sum() >= 4, f"no {list(CUBE_COLORS)[channel]} cube pixels in the image"
 
 
+def test_cameras_are_rendered_in_order_and_tiled() -> None:
+    """The front view and the wrist camera, each 128x128, side by side in `rgb` (what the policy
+    sees); unknown or repeated cameras are refused."""
+    with SimArm(SimConfig(cameras=("agentview", "robot0_eye_in_hand"))) as two:
+        obs = two.reset("lift_red", seed=0)
+        front, wrist = obs.images
+        assert front.shape == wrist.shape == (128, 128, 3)
+        np.testing.assert_array_equal(obs.rgb, np.concatenate([front, wrist], axis=1))
+        assert np.abs(front.astype(int) - wrist.astype(int)).mean() > 10
+    with pytest.raises(ValueError, match=r"unknown camera.*'wrist'.*robot0_eye_in_hand"):
+        SimArm(SimConfig(cameras=("agentview", "wrist")))
+    with pytest.raises(ValueError, match="unique"):
+        SimConfig(cameras=("agentview", "agentview"))
+
+
 def test_reset_is_deterministic_per_seed(arm: SimArm) -> None:
     """Same seed: same cubes, first image and trajectory, even after another episode ran."""
     first = arm.reset("push_blue_left", seed=7)

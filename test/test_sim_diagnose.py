@@ -38,7 +38,7 @@ def policy() -> VAMPolicy:
 
 
 def _observation(t: float, rng: np.random.Generator) -> Observation:
-    return Observation(rgb=rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+    return Observation(images=(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),),
                        joint_positions=rng.uniform(-0.5, 0.5, 7),
                        joint_velocities=np.zeros(7), gripper_opening=0.5, time=t)
 

@@ -32,7 +32,7 @@ def test_profile_sections_agree() -> None:
     """The sim node publishes what the policy node reads and executes what it commands: the
     same topics, the policy's joints are the sim's (gripper last), limits within the sim's."""
     policy = settings_from_parameters(load_parameters_file(PROFILE))
-    assert policy.camera_topics == (SIM.camera_topic,)
+    assert policy.camera_topics == SIM.camera_topics
     assert policy.joint_states_topic == SIM.joint_states_topic
     assert policy.trajectory_topic == SIM.trajectory_topic
     assert list(policy.joint_names) == JOINTS
@@ -76,7 +76,8 @@ class Sim(NodeAndPeer):
 def sim(module_processes: Processes) -> Sim:
     node = module_processes.start(*NODE)
     probe = module_processes.start(
-        sys.executable, PEERS / "arm_probe.py", "--camera-topic", SIM.camera_topic,
+        sys.executable, PEERS / "arm_probe.py",
+        *(arg for topic in SIM.camera_topics for arg in ("--camera-topic", topic)),
         "--joint-states-topic", SIM.joint_states_topic,
         "--trajectory-topic", SIM.trajectory_topic, stdin=subprocess.PIPE,
     )
@@ -86,24 +87,32 @@ def sim(module_processes: Processes) -> Sim:
 
 
 def test_reset_then_camera_and_joint_states_in_real_time(sim: Sim) -> None:
-    """After ~/reset: 128x128 rgb8 frames at the camera rate, joint states of the 8 joints
-    (gripper open) with increasing stamps, and an episode status whose sim time runs with the
-    wall clock."""
+    """After ~/reset: 128x128 rgb8 frames from each camera (the front view and the wrist) at
+    the camera rate, one stamp for both views of a state, joint states of the 8 joints (gripper
+    open) with increasing stamps, and an episode status whose sim time runs with the wall
+    clock."""
     refused = sim.command("reset", task="lift_rde", seed=0)
     assert not refused["success"] and "lift_red" in refused["message"]
     reply = sim.command("reset", task="lift_blue", seed=3)
     assert reply["success"] and reply["instruction"] == "lift the blue cube", reply
     start = reply["t"]
     time.sleep(2.2)
-    images = sim.events("image", since=start + 0.2)
+    views = {camera: [e for e in sim.events("image", since=start + 0.2) if e["topic"] == topic]
+             for camera, topic in zip(SIM.cameras, SIM.camera_topics, strict=True)}
     joints = sim.events("joints", since=start + 0.2)
-    assert images and joints
-    for image in images:
-        assert (image["width"], image["height"], image["encoding"]) == (128, 128, "rgb8")
-        assert image["step"] == 128 * 3 and image["bytes"] == 128 * 128 * 3
-        assert image["mean"] > 10  # a rendered scene, not an empty buffer
-    image_rate = (len(images) - 1) / (images[-1]["stamp"] - images[0]["stamp"])
-    assert 11.0 <= image_rate <= 16.0, image_rate
+    assert SIM.cameras == ("agentview", "robot0_eye_in_hand") and joints
+    for camera, images in views.items():
+        assert images, camera
+        for image in images:
+            assert image["frame_id"] == camera
+            assert (image["width"], image["height"], image["encoding"]) == (128, 128, "rgb8")
+            assert image["step"] == 128 * 3 and image["bytes"] == 128 * 128 * 3
+            assert image["mean"] > 10  # a rendered scene, not an empty buffer
+        image_rate = (len(images) - 1) / (images[-1]["stamp"] - images[0]["stamp"])
+        assert 11.0 <= image_rate <= 16.0, (camera, image_rate)
+    front, wrist = ({e["stamp"] for e in images} for images in views.values())
+    assert len(front & wrist) >= min(len(front), len(wrist)) - 2
+    assert views["agentview"][-1]["mean"] != views["robot0_eye_in_hand"][-1]["mean"]  # two views
     stamps = np.array([e["stamp"] for e in joints])
     assert np.all(np.diff(stamps) > 0)
     joint_rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])

@@ -51,8 +51,8 @@ def test_timers_send_each_state_once_at_their_rate() -> None:
 
 def test_recorded_bags_build_into_a_dataset(processes: Processes, tmp_path: Path) -> None:
     """mcap and sqlite3 bags hold exactly the live topics and types; `build_dataset` with the
-    same profile reads them as they are: 8 joints, 128x128 frames, commands as actions that
-    the arm then reached, the instruction from its topic."""
+    same profile reads them as they are: 8 joints, 128x128 frames of both cameras (front and
+    wrist), commands as actions that the arm then reached, the instruction from its topic."""
     demos = tmp_path / "demos"
     assert _record(processes, demos, "--tasks", "lift_red", "--seed", "3") == 0
     assert _record(processes, demos, "--tasks", "push_blue_left", "--seed", "3", "--storage",
@@ -61,8 +61,9 @@ def test_recorded_bags_build_into_a_dataset(processes: Processes, tmp_path: Path
     assert [bag.name for bag in bags] == ["lift_red_0003", "push_blue_left_0003"]
     assert json.loads((demos / "recording.json").read_text())["kept"] == 1
     assert (bags[0] / "instruction.txt").read_text() == "lift the red cube\n"
+    assert len(SIM.camera_topics) == 2
     expected_types = {
-        SIM.camera_topic: "sensor_msgs/msg/Image",
+        **{topic: "sensor_msgs/msg/Image" for topic in SIM.camera_topics},
         SIM.joint_states_topic: "sensor_msgs/msg/JointState",
         SIM.trajectory_topic: "trajectory_msgs/msg/JointTrajectory",
         INSTRUCTION_TOPIC: "std_msgs/msg/String",
@@ -73,7 +74,8 @@ def test_recorded_bags_build_into_a_dataset(processes: Processes, tmp_path: Path
         assert {name: info.msgtype for name, info in topics.items()} == expected_types
         states = topics[SIM.joint_states_topic].count
         assert topics[SIM.trajectory_topic].count == states - 1
-        assert topics[SIM.camera_topic].count == pytest.approx(0.75 * states, abs=2)
+        for topic in SIM.camera_topics:
+            assert topics[topic].count == pytest.approx(0.75 * states, abs=2)
 
     profile = RecordingProfile.load(PROFILE)
     dataset = build_dataset(bags, profile, tmp_path / "dataset", progress=False)
@@ -83,7 +85,10 @@ def test_recorded_bags_build_into_a_dataset(processes: Processes, tmp_path: Path
         episode = dataset.load_episode(index)
         assert episode.instruction == instruction and episode.instruction_source == "topic"
         assert episode.action_source == "commands" and not episode.notes
-        assert episode.duration_s > 5.0 and episode.frames[0].shape[1:] == (128, 128, 3)
+        assert episode.duration_s > 5.0 and len(episode.frames) == 2
+        front, wrist = episode.frames
+        assert front.shape == wrist.shape and front.shape[1:] == (128, 128, 3)
+        assert np.abs(front.astype(int) - wrist.astype(int)).mean() > 10  # two different views
         # A command is reached by the arm about one control step later.
         reached = np.abs(episode.action[:-1, :7] - episode.state[1:, :7]).mean()
         held_back = np.abs(episode.action[:-1, :7] - episode.state[:-1, :7]).mean()
@@ -95,19 +100,36 @@ def test_recorded_bags_build_into_a_dataset(processes: Processes, tmp_path: Path
     assert _record(processes, demos, "--tasks", "lift_red", "--seed", "3") == 2  # never overwrites
 
 
-def test_failed_expert_episodes_are_dropped(processes: Processes, tmp_path: Path) -> None:
-    """An episode the expert did not solve (here: out of time) leaves no bag behind."""
-    demos = tmp_path / "demos"
-    profile = _profile_with(tmp_path, episode_time_limit_s=1.0)
-    assert _record(processes, demos, "--tasks", "lift_green", profile=profile) == 1
-    summary = json.loads((demos / "recording.json").read_text())
-    assert summary["kept"] == 0 and summary["episodes"][0]["bag"] == ""
-    assert summary["episodes"][0]["sim_time_s"] == pytest.approx(1.0)
-    assert sorted(p.name for p in demos.iterdir()) == ["recording.json"]
+def test_disturbed_approaches_keep_the_expert_commands(processes: Processes,
+                                                      tmp_path: Path) -> None:
+    """--disturbance-rad: the same expert commands (the bag's actions), but during the approach
+    the arm is off its undisturbed path by cm, not mm; the offset fades out, so the episode is
+    still solved and its last second is the undisturbed one."""
+    bags = {}
+    for name, extra in (("plain", ()), ("disturbed", ("--disturbance-rad", "0.04"))):
+        demos = tmp_path / name
+        assert _record(processes, demos, "--tasks", "lift_red", "--seed", "5", *extra) == 0
+        summary = json.loads((demos / "recording.json").read_text())
+        assert summary["disturbance_rad"] == (0.04 if extra else 0.0)
+        bags[name] = find_bags([demos])[0]
+    profile = RecordingProfile.load(PROFILE)
+    dataset = build_dataset(list(bags.values()), profile, tmp_path / "dataset", progress=False)
+    plain, disturbed = dataset.load_episode(0), dataset.load_episode(1)
+    np.testing.assert_allclose(disturbed.action, plain.action, atol=1e-6)  # same commands
+    off_path = np.abs(disturbed.state[:, :7] - plain.state[:, :7]).mean(axis=1)  # [steps] rad
+    assert off_path[2:14].mean() > 0.02, off_path  # the 1.6 s approach, 10 Hz
+    assert off_path[-10:].max() < 0.01, off_path
+
+
+def test_a_missing_profile_is_a_clear_error(processes: Processes, tmp_path: Path) -> None:
+    """Exit 2 and no traceback (e.g. the default relative profile path outside the repo)."""
+    assert _record(processes, tmp_path / "demos", "--tasks", "lift_red",
+                   profile=tmp_path / "missing.yaml") == 2
 
 
 def test_profile_sections_must_agree(tmp_path: Path) -> None:
     """A sim publishing where the policy does not listen would record useless bags."""
-    profile = _profile_with(tmp_path, camera_topic="/sim/camera/front/image_raw")
-    with pytest.raises(ValueError, match="camera topic: vam_sim_node has"):
+    profile = _profile_with(tmp_path, cameras=["agentview"],
+                            camera_topics=["/sim/camera/agentview/image_raw"])
+    with pytest.raises(ValueError, match="camera topics: vam_sim_node has"):
         RecordingTopics.from_profile(profile)

@@ -3,6 +3,8 @@ relative coding and the action statistics it needs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from bagtools import INSTRUCTION_TOPIC, DemoSpec, write_demo_bag
@@ -169,6 +171,15 @@ def test_instruction_readout_comes_from_the_spec_and_reads_the_history(dataset) 
     assert build_policy_config(PolicySpec(preset="tiny"), dataset).decoder.instruction_readout == 0
     with pytest.raises(ConfigError, match=r"policy\.instruction_readout"):
         PolicySpec(preset="tiny", instruction_readout=-1)
+
+
+def test_frame_width_is_per_camera(dataset) -> None:
+    """policy.width is one view's: a dataset of two cameras trains on frames twice as wide."""
+    two = dataclasses.replace(dataset, camera_topics=(*dataset.camera_topics, "/wrist/image"))
+    config = build_policy_config(PolicySpec(preset="tiny", height=64, width=64), two)
+    assert config.cameras == 2
+    assert (config.backbone.height, config.backbone.width) == (64, 128)
+    assert config.decoder.video_grid == (4, 4, 8)
 
 
 def test_start_anchors_are_drawn_more_often() -> None:

@@ -1,8 +1,8 @@
 """Test peer: what a policy sees of vam_sim_node, and the commands a policy would send.
 
-Prints one JSON line per camera frame (size, encoding, stamp, mean colour), joint state and
-EpisodeStatus it receives. Reads JSON commands on stdin, answered by an "ack" or "reply" line
-with the same id:
+Prints one JSON line per camera frame (topic, frame id, size, encoding, stamp, mean colour),
+joint state and EpisodeStatus it receives. Reads JSON commands on stdin, answered by an "ack"
+or "reply" line with the same id:
 
     {"cmd": "reset", "task": "lift_blue", "seed": 3}        the ~/reset service
     {"cmd": "trajectory", "joint_names": [...], "positions": [[...], ...], "times": [...]}
@@ -32,7 +32,8 @@ class Probe(Node):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__("arm_probe")
         self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.create_subscription(Image, args.camera_topic, self.on_image, 10)
+        for topic in args.camera_topic:
+            self.create_subscription(Image, topic, lambda msg, t=topic: self.on_image(t, msg), 10)
         self.create_subscription(JointState, args.joint_states_topic, self.on_joints, 50)
         self.create_subscription(EpisodeStatus, f"/{args.node}/episode", self.on_episode, 50)
         self.trajectory_pub = self.create_publisher(JointTrajectory, args.trajectory_topic, 10)
@@ -42,9 +43,10 @@ class Probe(Node):
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def on_image(self, msg: Image) -> None:
+    def on_image(self, topic: str, msg: Image) -> None:
         pixels = np.frombuffer(msg.data, dtype=np.uint8)
-        emit("image", recv=self.now(), stamp=seconds(msg.header.stamp), width=msg.width,
+        emit("image", recv=self.now(), topic=topic, frame_id=msg.header.frame_id,
+             stamp=seconds(msg.header.stamp), width=msg.width,
              height=msg.height, encoding=msg.encoding, step=msg.step, bytes=len(msg.data),
              mean=float(pixels.mean()) if pixels.size else 0.0)
 
@@ -84,7 +86,7 @@ class Probe(Node):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--camera-topic", required=True)
+    parser.add_argument("--camera-topic", required=True, action="append")
     parser.add_argument("--joint-states-topic", required=True)
     parser.add_argument("--trajectory-topic", required=True)
     parser.add_argument("--node", default="vam_sim_node")

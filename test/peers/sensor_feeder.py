@@ -1,13 +1,14 @@
 """Test peer: the robot around vam_policy_node: synthetic sensors in, recorded outputs out.
 
-Publishes camera frames (sensor_msgs/Image) and joint states (the profile's joints plus a
-gripper joint, in a new shuffled order every message), and prints one JSON line per message
-the node sends back (trajectory, chunk, status). Reads JSON commands on stdin to inject
-faults and to call the node's services and parameters (one line each, answered by an "ack"
-or "reply" line with the same id):
+Publishes camera frames (sensor_msgs/Image, on each --camera-topic) and joint states (the
+profile's joints plus a gripper joint, in a new shuffled order every message), and prints one
+JSON line per message the node sends back (trajectory, chunk, status). Reads JSON commands on
+stdin to inject faults and to call the node's services and parameters (one line each,
+answered by an "ack" or "reply" line with the same id). Camera faults hit the first camera
+topic only; the others keep streaming good frames.
 
-    {"cmd": "camera", "on": false}            stop / restart frames
-    {"cmd": "encoding", "value": "16UC1"}     publish frames in another encoding
+    {"cmd": "camera", "on": false}            stop / restart the first camera's frames
+    {"cmd": "encoding", "value": "16UC1"}     publish its frames in another encoding
     {"cmd": "size", "width": 32, "height": 24}
     {"cmd": "joints", "mode": "nan"}          ok | nan | missing (drops robot0_joint3)
     {"cmd": "trigger", "service": "resume"}   std_srvs/Trigger ~/pause or ~/resume
@@ -53,7 +54,7 @@ class Feeder(Node):
         self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
         self.rng = np.random.default_rng(0)
         node = f"/{args.node}"
-        self.image_pub = self.create_publisher(Image, args.camera_topic, 10)
+        self.image_pubs = [self.create_publisher(Image, t, 10) for t in args.camera_topic]
         self.joint_pub = self.create_publisher(JointState, args.joint_states_topic, 10)
         self.instruction_pub = self.create_publisher(String, f"{node}/instruction", 10)
         self.create_subscription(JointTrajectory, args.trajectory_topic, self.on_trajectory, 50)
@@ -73,16 +74,21 @@ class Feeder(Node):
     # ---- sensors ------------------------------------------------------------------------
 
     def publish_frame(self) -> None:
-        if not self.camera_on:
-            return
-        msg = Image(height=self.height, width=self.width, encoding=self.encoding,
-                    is_bigendian=0)
-        msg.step = self.width * _BYTES_PER_PIXEL[self.encoding]
-        msg.data = self.rng.integers(0, 256, msg.step * self.height, dtype=np.uint8).tobytes()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = "agentview"
-        self.image_pub.publish(msg)
-        self.last_frame_stamp = seconds(msg.header.stamp)
+        stamp = self.get_clock().now().to_msg()
+        first, *others = self.image_pubs
+        for publisher in others:
+            publisher.publish(self.frame(stamp, "rgb8", self.args.width, self.args.height))
+        if self.camera_on:
+            first.publish(self.frame(stamp, self.encoding, self.width, self.height))
+            self.last_frame_stamp = seconds(stamp)
+
+    def frame(self, stamp: Any, encoding: str, width: int, height: int) -> Image:
+        msg = Image(height=height, width=width, encoding=encoding, is_bigendian=0)
+        msg.step = width * _BYTES_PER_PIXEL[encoding]
+        msg.data = self.rng.integers(0, 256, msg.step * height, dtype=np.uint8).tobytes()
+        msg.header.stamp = stamp
+        msg.header.frame_id = "camera"
+        return msg
 
     def publish_joints(self) -> None:
         names = [*self.joint_names, GRIPPER]
@@ -176,7 +182,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--joint-names", required=True, help="JSON list, profile order")
     parser.add_argument("--positions", required=True, help="JSON list, profile order")
-    parser.add_argument("--camera-topic", required=True)
+    parser.add_argument("--camera-topic", required=True, action="append")
     parser.add_argument("--joint-states-topic", default="/joint_states")
     parser.add_argument("--trajectory-topic", required=True)
     parser.add_argument("--node", default="vam_policy_node")

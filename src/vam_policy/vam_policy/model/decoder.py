@@ -504,11 +504,14 @@ class ActionDecoder(nn.Module):
         generator: torch.Generator | None = None,
         *,
         text: Tensor | None = None,
+        noise_scale: float = 1.0,
     ) -> Tensor:
         """An action chunk `[B, H, J]` by Euler integration from tau_a = 1 to 0.
 
         `noise [B, H, J]` fixes the start (same noise, same weights -> same chunk, bit for
-        bit); otherwise it is drawn from `generator`. Call `eval()` first if dropout > 0.
+        bit); otherwise it is drawn from `generator` and scaled by `noise_scale` (1: a sample
+        of the learned distribution; 0: the one chunk the flow carries zero to, no draw).
+        Call `eval()` first if dropout > 0.
         """
         batch = self._check_condition(features, proprio, tau_v, text)
         cfg = self.config
@@ -516,9 +519,11 @@ class ActionDecoder(nn.Module):
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         shape = (batch, cfg.horizon, cfg.action_dim)
+        if not noise_scale >= 0.0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale!r}")
         if noise is None:
             noise = torch.randn(shape, device=features.device, dtype=self._dtype(),
-                                generator=generator)
+                                generator=generator) * noise_scale
         else:
             _check("noise", noise, "[B, H, J]", shape)
         condition = self.condition(features, text, proprio)  # reused at every step

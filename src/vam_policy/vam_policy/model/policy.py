@@ -137,13 +137,15 @@ class VAMPolicy(nn.Module):
         tau_v: float | None = None,
         flow_steps: int | None = None,
         seed: int | None = None,
+        noise_scale: float = 1.0,
     ) -> np.ndarray:
         """Absolute joint targets `[H, J]` (or `[B, H, J]` for batched inputs).
 
         frames: uint8 RGB `[T, H, W, 3]` or `[B, T, H, W, 3]`, the last T frames at
         `config.fps` (oldest first, cameras already tiled); joint_positions `[J]` or `[B, J]`
         in `config.joint_names` order; one instruction, or one per batch item. `seed` makes
-        the result reproducible (the video noise and the decoder's start noise).
+        the result reproducible (the video noise and the decoder's start noise);
+        `noise_scale` scales the decoder's start noise (0: its deterministic chunk).
         """
         frames = np.asarray(frames)
         single = frames.ndim == 4
@@ -166,7 +168,8 @@ class VAMPolicy(nn.Module):
         proprio = torch.from_numpy(self.stats.state.normalize(state)).to(self.device)
         tau_batch = torch.full((batch,), float(tau), device=self.device)
         actions = self.decoder.sample(features, proprio, tau_batch, steps=flow_steps,
-                                      generator=generator, text=text)  # [B, H, J]
+                                      generator=generator, text=text,
+                                      noise_scale=noise_scale)  # [B, H, J]
         coded = self.stats.action.unnormalize(actions.float().cpu().numpy())
         targets = self.actions.decode(coded, state)
         return targets[0] if single else targets

@@ -143,9 +143,16 @@ _PRESETS = {"tiny": _tiny, "paper": _paper}
 def policy_preset(
     name: str, joint_names: list[str] | tuple[str, ...], **overrides: Any
 ) -> PolicyConfig:
-    """The preset policy `name` ("tiny" for CPU tests and the demo, "paper" for Cosmos 2B)."""
+    """The preset policy `name` ("tiny" for CPU tests and the demo, "paper" for Cosmos 2B).
+
+    The preset's frame size is one camera's: with `cameras=n` the n views are tiled side by
+    side, so the frame the video model sees is n times as wide (n times the tokens).
+    """
     if name not in _PRESETS:
         close = difflib.get_close_matches(name, _PRESETS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown policy preset {name!r}.{hint} Known: {sorted(_PRESETS)}")
-    return _PRESETS[name](tuple(joint_names), **overrides)
+    config = _PRESETS[name](tuple(joint_names), **overrides)
+    if config.cameras == 1:
+        return config
+    return config.with_backbone(width=config.backbone.width * config.cameras)

@@ -175,7 +175,8 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
         children.append(_start("vam_policy_node", "vam_policy.ros.node", profile, policy_args,
                                env, logs))
         rclpy.init(context=context, domain_id=domain)
-        camera_topic = load_sim_settings(options.profile).camera_topic
+        # The rollout video shows the first camera (the sim profile's view of the whole scene).
+        camera_topic = load_sim_settings(options.profile).camera_topics[0]
         loop = _Loop(context, children, camera_topic)
         try:
             loop.wait_until_ready(options.startup_timeout_s)

@@ -94,8 +94,9 @@ class InferenceWorker:
     read before each prediction and handed back with the result: the node bumps it on pause,
     fault and instruction change, and drops results of an older epoch, so a chunk computed
     before a hold never runs after it.
-    `settings()` is read each iteration, so runtime changes of tau_v and flow_steps apply to
-    the next prediction. A ValueError from the observation or the policy goes to `on_error`.
+    `settings()` is read each iteration, so runtime changes of tau_v, flow_steps and
+    noise_scale apply to the next prediction. A ValueError from the observation or the policy
+    goes to `on_error`.
     """
 
     def __init__(
@@ -155,6 +156,7 @@ class InferenceWorker:
                 chunk = self._policy.predict(
                     observation.frames, observation.joints.positions, self._instruction(),
                     tau_v=settings.tau_v, flow_steps=settings.flow_steps,
+                    noise_scale=settings.noise_scale,
                 )
             except ValueError as error:  # e.g. cameras of different heights cannot be tiled
                 self._on_error(f"inference failed: {error}")

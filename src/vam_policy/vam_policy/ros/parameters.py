@@ -215,6 +215,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("flow_steps", _T.INTEGER, 10, "steps",
           "Euler steps of the action decoder's flow, from noise to actions.", read_only=False,
           minimum=1, maximum=1000),
+    _spec("noise_scale", _T.DOUBLE, 1.0, "",
+          "Scale of the decoder's start noise: 1 samples a chunk from the learned distribution, "
+          "0 takes the one chunk the flow carries zero to (no randomness).", read_only=False,
+          minimum=0.0, maximum=2.0),
     # Robot and limits
     _spec("joint_names", _T.STRING_ARRAY, None, "",
           "Joints the policy controls, in model order; joint states are reordered to it.",
@@ -307,6 +311,7 @@ class NodeSettings:
     dtype: str
     tau_v: float
     flow_steps: int
+    noise_scale: float
     joint_names: tuple[str, ...]
     joint_position_lower: tuple[float, ...]
     joint_position_upper: tuple[float, ...]

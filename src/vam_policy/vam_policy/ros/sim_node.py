@@ -2,7 +2,7 @@
 
     vam_sim_node --ros-args --params-file config/sim_panda.yaml [-p task:=push_red_left]
 
-It publishes what a real arm's drivers publish (a camera `sensor_msgs/Image` rgb8 and a
+It publishes what a real arm's drivers publish (one `sensor_msgs/Image` rgb8 per camera, a
 `sensor_msgs/JointState` of the seven arm joints plus the virtual `robot0_gripper` opening) and
 executes `trajectory_msgs/JointTrajectory` like a ros2_control JointTrajectoryController
 (`sim/trajectory.py`). `~/reset` (vam_msgs/srv/ResetEpisode) starts a seeded episode of a task,
@@ -13,8 +13,8 @@ Threads: a physics thread steps the `SimArm` at control_rate_hz, paced by the wa
 catch up in a burst). It builds and owns the arm, because the renderer's GL context is current
 in one thread only; the reset service hands resets to it and waits. The executor runs the
 trajectory subscription, the reset service and the publish timers. The newest state, the
-trajectory executor and the episode record are shared under one lock; messages are built from
-copies outside it.
+trajectory executor and the episode record are shared under one lock, which the physics
+thread lets go while it renders the cameras; messages are built from copies outside it.
 
 Time: everything uses the node clock. A frame and a joint state are stamped when their physics
 step ended, and each is published once, so a stamp always says when the state was true (joint
@@ -53,7 +53,7 @@ from vam_policy.ros.sim_parameters import (
     sim_settings_from_parameters,
 )
 from vam_policy.ros.spin import spin_node
-from vam_policy.sim.arm import Observation, SimArm, SimConfig
+from vam_policy.sim.arm import Observation, SimArm
 from vam_policy.sim.tasks import get_task
 from vam_policy.sim.trajectory import (
     GRIPPER_LIMITS,
@@ -75,7 +75,7 @@ class _Sample:
 
     index: int
     stamp_ns: int
-    rgb: np.ndarray
+    images: tuple[np.ndarray, ...]
     positions: np.ndarray  # [8]: arm joints, then gripper opening
     velocities: np.ndarray  # [8]
 
@@ -110,7 +110,7 @@ class SimNode(Node):
         self._lock = threading.Lock()
         self._logged_at: dict[str, float] = {}
         self._steps: deque[tuple[float, float]] = deque(maxlen=_RATE_WINDOW_STEPS)
-        self._sent = {"camera": -1, "joints": -1}
+        self._sent = {"cameras": -1, "joints": -1}
         self._samples = 0
         self._episode = _Episode(0, s.task, "", s.seed)
         self._resets: queue.SimpleQueue[tuple[str, int, Future[_Episode]]] = queue.SimpleQueue()
@@ -130,7 +130,7 @@ class SimNode(Node):
         except ParameterError:
             self.destroy_node()
             raise
-        self._image_pub = self.create_publisher(Image, s.camera_topic, 5)
+        self._image_pubs = [self.create_publisher(Image, topic, 5) for topic in s.camera_topics]
         self._joint_pub = self.create_publisher(JointState, s.joint_states_topic, 10)
         self._status_pub = self.create_publisher(EpisodeStatus, "~/episode", 10)
         self.create_subscription(JointTrajectory, s.trajectory_topic, self._on_trajectory, 10)
@@ -139,8 +139,9 @@ class SimNode(Node):
         self.create_timer(1.0 / s.joint_states_rate_hz, self._publish_joints)
         self.create_timer(1.0 / s.status_rate_hz, self._publish_status)
         self.get_logger().info(
-            f"task {s.task} seed {s.seed}; physics {s.control_rate_hz:g} Hz; camera "
-            f"{s.image_width}x{s.image_height} at {s.camera_rate_hz:g} Hz on {s.camera_topic}; "
+            f"task {s.task} seed {s.seed}; physics {s.control_rate_hz:g} Hz; cameras "
+            f"{s.image_width}x{s.image_height} at {s.camera_rate_hz:g} Hz on "
+            f"{', '.join(s.camera_topics)}; "
             f"joints {list(self._joint_names)} on {s.joint_states_topic}; trajectories from "
             f"{s.trajectory_topic}"
         )
@@ -244,9 +245,9 @@ class SimNode(Node):
             now_s = self._now_ns() / 1e9
             target = self._trajectory.sample(now_s + self._period_s)
             before = self._arm.observation
-            observation = self._arm.step(target[:-1], float(target[-1]))
+            observation = self._arm.step(target[:-1], float(target[-1]), render=False)
+            stamp_ns = self._now_ns()
             self._steps.append((time.monotonic(), observation.time))
-            self._set_sample(observation, before)
             episode = self._episode
             success = episode.success or self._arm.success()
             self._episode = replace(
@@ -257,23 +258,29 @@ class SimNode(Node):
             )
             changed = (self._episode.success, self._episode.done) != (episode.success,
                                                                       episode.done)
+        # Rendering takes most of a step: outside the lock, trajectories and publishers need not
+        # wait for it (only this thread touches the simulation).
+        images = self._arm.render()
+        with self._lock:
+            self._set_sample(observation, before, images, stamp_ns)
         if changed:
             self._publish_status()
 
-    def _set_sample(self, observation: Observation, before: Observation | None) -> None:
-        """Make `observation` the newest sample (caller holds the lock)."""
+    def _set_sample(self, observation: Observation, before: Observation | None,
+                    images: tuple[np.ndarray, ...], stamp_ns: int) -> None:
+        """Make `observation` with `images`, simulated up to `stamp_ns`, the newest sample
+        (caller holds the lock)."""
         positions, velocities = controller_state(
             observation.joint_positions, observation.joint_velocities,
             observation.gripper_opening, before.gripper_opening if before else None,
             self._period_s)
         self._samples += 1
-        self._sample = _Sample(self._samples, self._now_ns(), observation.rgb, positions,
-                               velocities)
+        self._sample = _Sample(self._samples, stamp_ns, images, positions, velocities)
 
     def _reset(self, task: str, seed: int) -> None:
         """Start an episode (caller holds the lock): hold the new start pose."""
         observation = self._arm.reset(task, seed)
-        self._set_sample(observation, None)
+        self._set_sample(observation, None, observation.images, self._now_ns())
         self._trajectory.reset(self._sample.positions, self._now_ns() / 1e9)
         self._steps.clear()
         self._episode = _Episode(self._episode.number + 1, self._arm.task.name,
@@ -326,16 +333,17 @@ class SimNode(Node):
     # ---- outputs ------------------------------------------------------------------------
 
     def _publish_frame(self) -> None:
-        sample = self._unsent("camera")
+        sample = self._unsent("cameras")
         if sample is None:
             return
-        s = self._settings
-        height, width = sample.rgb.shape[:2]
-        msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0,
-                    step=width * 3, data=sample.rgb.tobytes())
-        msg.header.stamp = _time(sample.stamp_ns)
-        msg.header.frame_id = s.camera
-        self._image_pub.publish(msg)
+        for camera, image, publisher in zip(self._settings.cameras, sample.images,
+                                            self._image_pubs, strict=True):
+            height, width = image.shape[:2]
+            msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0,
+                        step=width * 3, data=image.tobytes())
+            msg.header.stamp = _time(sample.stamp_ns)
+            msg.header.frame_id = camera
+            publisher.publish(msg)
 
     def _publish_joints(self) -> None:
         sample = self._unsent("joints")
@@ -383,10 +391,7 @@ class SimNode(Node):
 
 def _build_arm(s: SimNodeSettings) -> SimArm:
     try:
-        return SimArm(SimConfig(
-            camera=s.camera, image_height=s.image_height, image_width=s.image_width,
-            control_hz=s.control_rate_hz, horizon_s=s.episode_time_limit_s, seed=s.seed,
-        ))
+        return SimArm(s.arm_config())
     except ValueError as error:  # e.g. a camera the scene does not have
         raise ParameterError([str(error)]) from error
 

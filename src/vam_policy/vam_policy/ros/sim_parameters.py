@@ -22,7 +22,7 @@ from vam_policy.ros.parameters import (
     _topic_problem,
     load_parameters_file,
 )
-from vam_policy.sim.arm import PHYSICS_HZ
+from vam_policy.sim.arm import PHYSICS_HZ, SimConfig
 from vam_policy.sim.tasks import TASKS
 
 SIM_NODE_NAME = "vam_sim_node"
@@ -61,7 +61,9 @@ SIM_PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("episode_time_limit_s", _T.DOUBLE, 10.0, "s",
           "Simulated time after which an episode is done (the arm keeps being simulated).",
           minimum=0.0, minimum_exclusive=True),
-    _spec("camera", _T.STRING, "agentview", "", "MuJoCo camera that is rendered."),
+    _spec("cameras", _T.STRING_ARRAY, ("agentview",), "",
+          "MuJoCo cameras that are rendered, one topic each (robot0_eye_in_hand: the wrist).",
+          min_items=1),
     _spec("image_width", _T.INTEGER, 128, "px", "Rendered image width.",
           minimum=16, maximum=1024),
     _spec("image_height", _T.INTEGER, 128, "px", "Rendered image height.",
@@ -76,8 +78,9 @@ SIM_PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("status_rate_hz", _T.DOUBLE, 4.0, "Hz",
           "Rate of periodic EpisodeStatus messages (also sent on every change).",
           minimum=0.0, maximum=100.0, minimum_exclusive=True),
-    _spec("camera_topic", _T.STRING, "/sim/camera/agentview/image_raw", "",
-          "sensor_msgs/Image (rgb8) output.", check=_topic_problem),
+    _spec("camera_topics", _T.STRING_ARRAY, ("/sim/camera/agentview/image_raw",), "",
+          "sensor_msgs/Image (rgb8) outputs, one per camera, in the same order.",
+          min_items=1, check=_topic_problem),
     _spec("joint_states_topic", _T.STRING, "/joint_states", "",
           "sensor_msgs/JointState output: the arm joints and robot0_gripper.",
           check=_topic_problem),
@@ -96,13 +99,13 @@ class SimNodeSettings:
     seed: int
     control_rate_hz: float
     episode_time_limit_s: float
-    camera: str
+    cameras: tuple[str, ...]
     image_width: int
     image_height: int
     camera_rate_hz: float
     joint_states_rate_hz: float
     status_rate_hz: float
-    camera_topic: str
+    camera_topics: tuple[str, ...]
     joint_states_topic: str
     trajectory_topic: str
 
@@ -113,8 +116,21 @@ class SimNodeSettings:
                 object.__setattr__(self, spec.name, spec.validate(getattr(self, spec.name)))
             except ParameterError as error:
                 problems.extend(error.problems)
+        for name in ("cameras", "camera_topics"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                problems.append(f"{name}: contains duplicates: {list(values)}")
+        if not problems and len(self.cameras) != len(self.camera_topics):
+            problems.append(f"camera_topics: expected one per camera ({len(self.cameras)}), "
+                            f"got {len(self.camera_topics)}")
         if problems:
             raise ParameterError(problems)
+
+    def arm_config(self) -> SimConfig:
+        """The SimConfig the sim node (and a recording with these settings) runs."""
+        return SimConfig(cameras=self.cameras, image_height=self.image_height,
+                         image_width=self.image_width, control_hz=self.control_rate_hz,
+                         horizon_s=self.episode_time_limit_s, seed=self.seed)
 
 
 def sim_settings_from_parameters(values: Mapping[str, object]) -> SimNodeSettings:

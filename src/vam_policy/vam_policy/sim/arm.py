@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # mujoco comes through `scene`, which chooses the headless GL backend before mujoco loads.
+from vam_policy.model.transforms import tile_cameras
 from vam_policy.sim.scene import (
     ARM_JOINTS,
     CAMERA_NAME,
@@ -34,8 +35,9 @@ class SimConfig:
     """How the simulated arm is run.
 
     Attributes:
-        camera: MuJoCo camera the policy sees (the profile's `/sim/camera/<camera>/image_raw`).
-        image_height: Rendered image rows; the model resizes/crops it anyway, so small is cheap.
+        cameras: MuJoCo cameras the policy sees, in the order they are tiled (the profile's
+            `/sim/camera/<camera>/image_raw` topics); `robot0_eye_in_hand` is the wrist camera.
+        image_height: Rendered image rows (every camera); the model resizes them anyway.
         image_width: Rendered image columns.
         control_hz: Commands per simulated second; divides MuJoCo's 500 Hz physics rate.
         horizon_s: Episode length after which `truncated` turns true (no forced stop).
@@ -44,7 +46,7 @@ class SimConfig:
         seed: Episode seed used by `reset` when none is given.
     """
 
-    camera: str = CAMERA_NAME
+    cameras: tuple[str, ...] = (CAMERA_NAME,)
     image_height: int = 128
     image_width: int = 128
     control_hz: float = 20.0
@@ -53,6 +55,9 @@ class SimConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cameras", tuple(self.cameras))
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras: expected unique camera names, got {list(self.cameras)}")
         if self.image_height < 16 or self.image_width < 16:
             raise ValueError(
                 f"image must be at least 16x16, got {self.image_height}x{self.image_width}"
@@ -74,18 +79,24 @@ class Observation:
     """What the robot senses after a reset or a step.
 
     Attributes:
-        rgb: Front camera image, [H, W, 3] uint8, row 0 at the top.
+        images: One image per `SimConfig.cameras`, each [H, W, 3] uint8, row 0 at the top
+            (none after a step that was not rendered).
         joint_positions: [7] rad, in `SimArm.joint_names` order.
         joint_velocities: [7] rad/s, same order.
         gripper_opening: Finger opening in [0, 1]: 1 fully open (8 cm), 0 closed.
         time: Simulated seconds since the reset.
     """
 
-    rgb: np.ndarray
+    images: tuple[np.ndarray, ...]
     joint_positions: np.ndarray
     joint_velocities: np.ndarray
     gripper_opening: float
     time: float
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The cameras side by side, [H, W * cameras, 3]: the picture the policy sees."""
+        return tile_cameras([image[None] for image in self.images])[0]
 
 
 @dataclass(frozen=True)
@@ -117,8 +128,9 @@ class SimArm:
         self.joint_upper = self._model.jnt_range[joint_ids, 1].copy()
         self.home_qpos = np.array(self._scene.robots[0].init_qpos, dtype=float)
         cameras = [self._model.camera(i).name for i in range(self._model.ncam)]
-        if self.config.camera not in cameras:
-            raise ValueError(f"unknown camera {self.config.camera!r}; the scene has {cameras}")
+        unknown = [name for name in self.config.cameras if name not in cameras]
+        if unknown:
+            raise ValueError(f"unknown camera(s) {unknown}; the scene has {cameras}")
         # Software GL (EGL on a CPU) pays per pixel: no 4x multisampling (half the render time;
         # the model resizes the image anyway) and an offscreen buffer no larger than the image.
         self._model.vis.quality.offsamples = 0
@@ -178,10 +190,12 @@ class SimArm:
         self._observation = self._observe()
         return self._observation
 
-    def step(self, joint_targets: Sequence[float] | np.ndarray, gripper: float) -> Observation:
+    def step(self, joint_targets: Sequence[float] | np.ndarray, gripper: float,
+             render: bool = True) -> Observation:
         """Hold absolute `joint_targets` [7] (rad) and gripper opening `gripper` for one period.
 
         Targets are clipped to the joint limits, as a position controller's limits would.
+        `render=False` leaves the images out (call `render` later for them).
         """
         if self._observation is None:
             raise RuntimeError("step before reset: call reset(task, seed) first")
@@ -192,7 +206,7 @@ class SimArm:
             raise ValueError(f"gripper must be a finite opening in [0, 1], got {gripper!r}")
         targets = np.clip(targets, self.joint_lower, self.joint_upper)
         self._scene.step(np.concatenate([targets, [float(gripper)]]))
-        self._observation = self._observe()
+        self._observation = self._observe(render)
         return self._observation
 
     def apply(self, command: Command) -> Observation:
@@ -221,12 +235,14 @@ class SimArm:
             yaws[color] = float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
         return yaws
 
-    def render(self) -> np.ndarray:
-        """The camera image of the current state, [H, W, 3] uint8."""
-        self._renderer.update_scene(
-            self._data, camera=self.config.camera, scene_option=self._render_option
-        )
-        return self._renderer.render().copy()
+    def render(self) -> tuple[np.ndarray, ...]:
+        """Each camera's image of the current state, [H, W, 3] uint8, in config order."""
+        images = []
+        for camera in self.config.cameras:
+            self._renderer.update_scene(self._data, camera=camera,
+                                        scene_option=self._render_option)
+            images.append(self._renderer.render().copy())
+        return tuple(images)
 
     def close(self) -> None:
         """Free the renderer's GL context and the simulation."""
@@ -239,11 +255,11 @@ class SimArm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _observe(self) -> Observation:
+    def _observe(self, render: bool = True) -> Observation:
         qpos = self._data.qpos
         fingers = qpos[self._scene.finger_qpos_ids]
         return Observation(
-            rgb=self.render(),
+            images=self.render() if render else (),
             joint_positions=qpos[self._scene.arm_qpos_ids].copy(),
             joint_velocities=self._data.qvel[self._scene.arm_qvel_ids].copy(),
             gripper_opening=float(np.clip((fingers[0] - fingers[1]) / (2 * FINGER_TRAVEL_M), 0, 1)),

@@ -34,6 +34,10 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
     record.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
                         help="profile with vam_sim_node and vam_policy_node sections "
                         "(default %(default)s)")
+    record.add_argument("--disturbance-rad", type=float, default=0.0, metavar="RAD",
+                        help="disturb each approach by smooth random joint offsets of this "
+                        "scale, faded out by the approach's end; the bags keep the expert's "
+                        "commands, so they show the way back (default 0: none)")
     record.set_defaults(func=run_sim_record)
     diagnose = verbs.add_parser(
         "diagnose", help="roll a checkpoint out in-process (no ROS) on held-out layouts, alone "
@@ -53,7 +57,8 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="folder for diagnosis.json and diagnosis.md (default: print only)")
     diagnose.add_argument("--profile", type=Path, default=DEFAULT_PROFILE,
                           help="profile whose vam_sim_node section sets up the arm and whose "
-                          "replan_steps the policy re-plans by (default %(default)s)")
+                          "replan_steps and noise_scale the policy follows chunks with "
+                          "(default %(default)s)")
     diagnose.set_defaults(func=run_sim_diagnose)
 
 
@@ -71,8 +76,9 @@ def run_sim_record(args: argparse.Namespace) -> int:
 
     try:
         results = record_demonstrations(args.profile, args.tasks, args.episodes_per_task,
-                                        args.out, seed=args.seed, storage=args.storage)
-    except ValueError as error:
+                                        args.out, seed=args.seed, storage=args.storage,
+                                        disturbance_rad=args.disturbance_rad)
+    except (ValueError, OSError) as error:  # e.g. no profile at the default relative path
         print(f"vam sim record: {error}", file=sys.stderr)
         return 2
     return 0 if any(r.success for r in results) else 1
@@ -82,9 +88,9 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     """Exit 0 after printing the table, 2 on bad arguments or an unreadable checkpoint."""
     from vam_policy.model.checkpoint import load_checkpoint
     from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
+    from vam_policy.ros.sim_parameters import load_sim_settings
     from vam_policy.sim.arm import SimArm
     from vam_policy.sim.diagnose import diagnose, markdown_table, summarize, write_report
-    from vam_policy.sim.recording import load_sim_settings, sim_config
     from vam_policy.sim.tasks import TASKS
 
     try:
@@ -92,16 +98,17 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
             raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
         node = settings_from_parameters(load_parameters_file(args.profile))
         replan_steps = max(1, node.replan_steps)
-        config = sim_config(load_sim_settings(args.profile))
+        config = load_sim_settings(args.profile).arm_config()
         policy = load_checkpoint(args.checkpoint).eval()
         with SimArm(config) as arm:
             episodes = diagnose(policy, arm, args.tasks or sorted(TASKS), args.episodes, args.seed,
-                                replan_steps, args.noise_draws)
+                                replan_steps, args.noise_draws, node.noise_scale)
     except (ValueError, KeyError, OSError) as error:
         print(f"vam sim diagnose: {error}", file=sys.stderr)
         return 2
     print(markdown_table(summarize(episodes)), end="")
     if args.out is not None:
-        for path in write_report(args.out, str(args.checkpoint), replan_steps, episodes):
+        for path in write_report(args.out, str(args.checkpoint), replan_steps,
+                                 node.noise_scale, episodes):
             print(f"wrote {path}")
     return 0

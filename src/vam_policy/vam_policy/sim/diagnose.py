@@ -6,7 +6,7 @@ time grid the node and training use (step k at the observation time + k * action
 interpolated between steps; each command is reached one control period later, as the scripted
 expert's commands in the demonstrations are), and the policy re-plans every `replan_steps`
 actions (the profile's; 0, which the node reads as "at every newer camera frame", is taken
-as 1). Each layout runs twice:
+as 1) with the profile's `noise_scale`. Each layout runs twice:
 
 - alone: the policy from the start. Where its grip site is when the scripted expert ends its
   approach (above the cube to lift it, beside it to push it) against where the expert's is then
@@ -51,7 +51,7 @@ class ChunkFollower:
     a chunk every `replan_steps` actions, each followed on its time grid."""
 
     def __init__(self, policy: VAMPolicy, instruction: str, replan_steps: int,
-                 seed: int) -> None:
+                 seed: int, noise_scale: float = 1.0) -> None:
         if not 1 <= replan_steps <= policy.config.horizon:
             raise ValueError(f"replan_steps must be in [1, {policy.config.horizon}] (the "
                              f"chunk's horizon), got {replan_steps}")
@@ -59,6 +59,7 @@ class ChunkFollower:
         self._instruction = instruction
         self._replan_s = replan_steps * policy.config.action_dt
         self._seed = seed
+        self._noise_scale = noise_scale
         self._history = FrameHistory()
         self._chunk: TimedChunk | None = None
         self._chunks = 0
@@ -82,7 +83,8 @@ class ChunkFollower:
             frames = self._history.sample(t, cfg.history_frames, cfg.fps)
             state = np.r_[observation.joint_positions, observation.gripper_opening]
             chunk = self._policy.predict(frames, state, self._instruction,
-                                         seed=self._seed * 1000 + self._chunks)
+                                         seed=self._seed * 1000 + self._chunks,
+                                         noise_scale=self._noise_scale)
             self._chunk = TimedChunk(chunk, t, cfg.action_dt, len(chunk))
             self._chunks += 1
         target = self._chunk.commanded(np.array([t]))[0]  # [J]
@@ -108,7 +110,7 @@ def grip_xy(arm: SimArm) -> np.ndarray:
 
 
 def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise_draw: int,
-                     replan_steps: int) -> EpisodeDiagnosis:
+                     replan_steps: int, noise_scale: float = 1.0) -> EpisodeDiagnosis:
     """Roll `task` at `seed` out alone and handed over (module docstring)."""
     # The expert alone, to its approach's end: where the policy should be by then.
     observation = arm.reset(task, seed)
@@ -122,7 +124,7 @@ def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise
         observation = arm.reset(task, seed)
         expert = make_expert(arm)
         follower = ChunkFollower(policy, arm.task.instruction, replan_steps,
-                                 seed + NOISE_DRAW_STRIDE * noise_draw)
+                                 seed + NOISE_DRAW_STRIDE * noise_draw, noise_scale)
         policy_xy = None
         while not arm.truncated and not arm.success():
             follower.observe(observation)
@@ -167,7 +169,7 @@ def summarize(episodes: Sequence[EpisodeDiagnosis]) -> list[dict[str, Any]]:
 
 def diagnose(policy: VAMPolicy, arm: SimArm, tasks: Sequence[str], episodes: int,
              first_seed: int, replan_steps: int, noise_draws: int = 1,
-             progress: bool = True) -> list[EpisodeDiagnosis]:
+             noise_scale: float = 1.0, progress: bool = True) -> list[EpisodeDiagnosis]:
     """`episodes` layouts of each task (seeds first_seed, first_seed + 1, ...), each under
     `noise_draws` noise draws."""
     for task in tasks:
@@ -176,7 +178,7 @@ def diagnose(policy: VAMPolicy, arm: SimArm, tasks: Sequence[str], episodes: int
         raise ValueError(f"noise_draws must be at least 1, got {noise_draws}")
     runs = [(task, first_seed + k, draw) for task in tasks for k in range(episodes)
             for draw in range(noise_draws)]
-    return [diagnose_episode(arm, policy, task, seed, draw, replan_steps)
+    return [diagnose_episode(arm, policy, task, seed, draw, replan_steps, noise_scale)
             for task, seed, draw in tqdm(runs, desc="diagnose", unit="rollout",
                                          disable=not progress)]
 
@@ -194,12 +196,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, checkpoint: str, replan_steps: int,
+def write_report(out: Path, checkpoint: str, replan_steps: int, noise_scale: float,
                  episodes: Sequence[EpisodeDiagnosis]) -> tuple[Path, Path]:
     """`diagnosis.json` (every layout and the summary) and `diagnosis.md` in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(episodes)
-    report = {"checkpoint": checkpoint, "replan_steps": replan_steps,
+    report = {"checkpoint": checkpoint, "replan_steps": replan_steps, "noise_scale": noise_scale,
               "reach_tolerance_m": REACH_TOLERANCE_M, "summary": rows,
               "episodes": [asdict(e) for e in episodes]}
     json_path, md_path = out / "diagnosis.json", out / "diagnosis.md"

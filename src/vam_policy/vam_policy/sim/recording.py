@@ -4,8 +4,8 @@
 
 The experts run in the simulator directly (no ROS, faster than real time), and each episode is
 written with the `rosbags` package as one bag holding exactly what `ros2 bag record` would get
-from `vam_sim_node` and the policy node's inputs: the camera Image (rgb8), the JointState of the
-arm joints plus `robot0_gripper`, the expert's commands as JointTrajectory on the trajectory
+from `vam_sim_node` and the policy node's inputs: one Image (rgb8) per camera, the JointState of
+the arm joints plus `robot0_gripper`, the expert's commands as JointTrajectory on the trajectory
 topic and the instruction as std_msgs/String on the policy node's instruction topic, plus an
 `instruction.txt`. Topics, rates and stamps follow the sim node's rules (`vam_sim_node`
 section of the profile): every physics state is stamped with its simulated time, a timer at
@@ -34,7 +34,8 @@ from rosbags.typesys import Stores, get_typestore
 
 from vam_policy.data.episodes import INSTRUCTION_FILE, RecordingProfile
 from vam_policy.ros.sim_parameters import SimNodeSettings, load_sim_settings
-from vam_policy.sim.arm import SimArm, SimConfig
+from vam_policy.sim.arm import SimArm
+from vam_policy.sim.disturbance import ApproachDisturbance
 from vam_policy.sim.experts import make_expert
 from vam_policy.sim.tasks import get_task
 from vam_policy.sim.trajectory import controlled_joints, controller_state
@@ -48,19 +49,20 @@ _TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 _T = _TYPESTORE.types
 _IMAGE, _JOINTS = "sensor_msgs/msg/Image", "sensor_msgs/msg/JointState"
 _TRAJECTORY, _STRING = "trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/String"
+_DISTURBANCE_STREAM = 7  # the disturbance's random stream, apart from the layout's
 
 
 @dataclass(frozen=True)
 class RecordingTopics:
     """What a recording holds: the sim node's topics and rates, the policy's instruction topic."""
 
-    camera_topic: str
+    camera_topics: tuple[str, ...]
     joint_states_topic: str
     trajectory_topic: str
     instruction_topic: str
     camera_rate_hz: float
     joint_states_rate_hz: float
-    camera_frame_id: str
+    cameras: tuple[str, ...]  # frame_id of each camera topic's images
 
     @classmethod
     def from_profile(cls, path: str | Path) -> tuple[RecordingTopics, SimNodeSettings]:
@@ -75,7 +77,7 @@ class RecordingTopics:
         problems = [
             f"{what}: vam_sim_node has {mine!r}, vam_policy_node {theirs!r}"
             for what, mine, theirs in (
-                ("camera topic", (sim.camera_topic,), policy.camera_topics),
+                ("camera topics", sim.camera_topics, policy.camera_topics),
                 ("joint states topic", sim.joint_states_topic, policy.joint_states_topic),
                 ("trajectory topic", sim.trajectory_topic, policy.trajectory_topic),
                 ("joint names", joints, policy.joint_names),
@@ -85,9 +87,9 @@ class RecordingTopics:
         if problems:
             raise ValueError(f"profile {path}: the sim and policy sections disagree: "
                              + "; ".join(problems))
-        topics = cls(sim.camera_topic, sim.joint_states_topic, sim.trajectory_topic,
+        topics = cls(sim.camera_topics, sim.joint_states_topic, sim.trajectory_topic,
                      policy.instruction_topic, sim.camera_rate_hz, sim.joint_states_rate_hz,
-                     sim.camera)
+                     sim.cameras)
         return topics, sim
 
 
@@ -104,13 +106,6 @@ class RecordedEpisode:
     bag: str
 
 
-def sim_config(settings: SimNodeSettings) -> SimConfig:
-    """The SimConfig the sim node runs with these settings."""
-    return SimConfig(camera=settings.camera, image_height=settings.image_height,
-                     image_width=settings.image_width, control_hz=settings.control_rate_hz,
-                     horizon_s=settings.episode_time_limit_s, seed=settings.seed)
-
-
 def sent_by_timer(t: float, period_s: float, rate_hz: float) -> bool:
     """Whether a timer at `rate_hz` (ticking at k / rate_hz) sends the state that was newest
     from `t` until `t + period_s`: it does when a tick falls in that interval."""
@@ -119,11 +114,14 @@ def sent_by_timer(t: float, period_s: float, rate_hz: float) -> bool:
 
 
 def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: RecordingTopics,
-                   storage: Storage = "mcap", settle_s: float = 0.3) -> RecordedEpisode:
+                   storage: Storage = "mcap", settle_s: float = 0.3,
+                   disturbance: ApproachDisturbance | None = None) -> RecordedEpisode:
     """Run `task`'s expert from `seed` and write every message to a new bag at `path`.
 
     Ends `settle_s` after the expert's plan or at the episode time limit, like
-    `run_expert_episode`; success is judged at the end. The bag is written either way.
+    `run_expert_episode`; success is judged at the end. The bag is written either way. With a
+    `disturbance` (drawn from `seed`), the arm executes the expert's targets plus its offsets,
+    and the bag holds the expert's targets.
     """
     wall_start = time.monotonic()
     observation = arm.reset(task, seed)
@@ -133,12 +131,17 @@ def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: Record
     start_ns = time.time_ns()
     previous_gripper: float | None = None
     steps = 0
+    offsets = np.zeros((math.ceil(arm.config.horizon_s / period) + 1, len(arm.joint_names)))
+    if disturbance is not None:
+        offsets = disturbance.offsets(np.random.default_rng([seed, _DISTURBANCE_STREAM]),
+                                      len(offsets), len(arm.joint_names), period,
+                                      expert.approach_s)
     with Writer(path, version=9, storage_plugin=_PLUGINS[storage]) as writer:
         connections = {
             topic: writer.add_connection(topic, msgtype, typestore=_TYPESTORE)
             for topic, msgtype in ((topics.instruction_topic, _STRING),
                                    (topics.joint_states_topic, _JOINTS),
-                                   (topics.camera_topic, _IMAGE),
+                                   *((topic, _IMAGE) for topic in topics.camera_topics),
                                    (topics.trajectory_topic, _TRAJECTORY))
         }
 
@@ -157,15 +160,16 @@ def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: Record
                     header=_header(stamp), name=list(joints), position=positions,
                     velocity=velocities, effort=np.zeros(0)))
             if sent_by_timer(observation.time, period, topics.camera_rate_hz):
-                write(topics.camera_topic, stamp, _image(observation.rgb, stamp,
-                                                         topics.camera_frame_id))
+                for topic, camera, image in zip(topics.camera_topics, topics.cameras,
+                                                observation.images, strict=True):
+                    write(topic, stamp, _image(image, stamp, camera))
             if observation.time >= expert.duration_s + settle_s or arm.truncated:
                 break
             command = expert.act(observation)
             write(topics.trajectory_topic, stamp, _trajectory(
                 joints, [*command.joint_targets, command.gripper], stamp, period))
             previous_gripper = observation.gripper_opening
-            observation = arm.apply(command)
+            observation = arm.step(command.joint_targets + offsets[steps], command.gripper)
             steps += 1
     return RecordedEpisode(arm.task.name, seed, arm.success(), steps, observation.time,
                            time.monotonic() - wall_start, str(path))
@@ -179,12 +183,14 @@ def record_demonstrations(
     *,
     seed: int = 0,
     storage: Storage = "mcap",
+    disturbance_rad: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> list[RecordedEpisode]:
     """Record `episodes_per_task` expert episodes of each task (seeds seed, seed+1, ...).
 
     Writes `<out>/<task>_<seed>/` bags of the solved episodes only, and `<out>/recording.json`
-    listing every episode. Refuses to overwrite an existing bag.
+    listing every episode. Refuses to overwrite an existing bag. `disturbance_rad` > 0 disturbs
+    each approach by an `ApproachDisturbance` of that scale.
     """
     topics, settings = RecordingTopics.from_profile(profile)
     for task in tasks:
@@ -192,6 +198,7 @@ def record_demonstrations(
     if episodes_per_task < 1 or storage not in STORAGES or not tasks:
         raise ValueError(f"need tasks, episodes_per_task >= 1 and a storage in {STORAGES}, "
                          f"got {list(tasks)}, {episodes_per_task}, {storage!r}")
+    disturbance = ApproachDisturbance(disturbance_rad) if disturbance_rad else None
     out = Path(out)
     planned = [(task, seed + i) for task in tasks for i in range(episodes_per_task)]
     existing = [str(out / _bag_name(*p)) for p in planned if (out / _bag_name(*p)).exists()]
@@ -202,13 +209,14 @@ def record_demonstrations(
     # This run's own scratch folder, so recorders writing to one `out` side by side don't clash.
     scratch = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=out))
     try:
-        with SimArm(sim_config(settings)) as arm:
+        with SimArm(settings.arm_config()) as arm:
             for task, episode_seed in planned:
                 final = out / _bag_name(task, episode_seed)
                 # Written elsewhere under its final name (the storage file is named after the
                 # folder), then moved in whole: a crash leaves no half bag among the good ones.
                 partial = scratch / final.name
-                result = record_episode(arm, task, episode_seed, partial, topics, storage)
+                result = record_episode(arm, task, episode_seed, partial, topics, storage,
+                                        disturbance=disturbance)
                 if result.success:
                     (partial / INSTRUCTION_FILE).write_text(arm.task.instruction + "\n",
                                                             encoding="utf-8")
@@ -224,7 +232,8 @@ def record_demonstrations(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     kept = sum(r.success for r in results)
-    summary = {"profile": str(profile), "storage": storage, "kept": kept,
+    summary = {"profile": str(profile), "storage": storage, "disturbance_rad": disturbance_rad,
+               "kept": kept,
                "episodes": [asdict(r) for r in results]}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log(f"kept {kept} of {len(results)} episodes (only solved ones) in {out}")

@@ -76,7 +76,7 @@ class PolicySpec:
     height: int | None = None
     """Frame height (pixels, a multiple of 16) the video model sees; cameras are resized to it."""
     width: int | None = None
-    """Frame width (pixels, a multiple of 16)."""
+    """One camera's view width (pixels, a multiple of 16); n cameras make an n x wider frame."""
 
     def __post_init__(self) -> None:
         ActionCoding(self.action_representation)

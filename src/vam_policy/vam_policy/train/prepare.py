@@ -65,16 +65,18 @@ def build_policy_config(spec: PolicySpec, dataset: Dataset,
     `backbone` (the CLI's --backbone) wins over `spec.backbone`; the other backbone settings
     (history, text encoder) stay the preset's, except that a local Cosmos folder
     with `text_encoder/` and `tokenizer/` also supplies the T5 encoder, so an offline copy of
-    the hub repo needs no second download. Frame `height`/`width` overrides resize the
-    decoder's video-token grid with the backbone's.
+    the hub repo needs no second download. Frame `height`/`width` overrides (one camera's
+    view; the dataset's cameras are tiled side by side) resize the decoder's video-token grid
+    with the backbone's.
     """
     overrides = {k: v for k, v in (("fps", spec.fps), ("action_dt", spec.action_dt)) if v}
-    base = policy_preset(spec.preset, joint_names=dataset.joint_names,
-                         cameras=len(dataset.camera_topics),
+    cameras = len(dataset.camera_topics)
+    base = policy_preset(spec.preset, joint_names=dataset.joint_names, cameras=cameras,
                          action_representation=spec.action_representation, **overrides)
     source = backbone or spec.backbone
+    width = spec.width * cameras if spec.width is not None else None
     bb_overrides = {k: v for k, v in (("read_layer", spec.read_layer), ("tau_v", spec.tau_v),
-                                      ("height", spec.height), ("width", spec.width))
+                                      ("height", spec.height), ("width", width))
                     if v is not None}
     if source:
         bb_overrides["source"] = resolve_backbone(source)
