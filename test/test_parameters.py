@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from vam_policy.ros.parameters import (
     settings_from_parameters,
     validate_runtime_change,
 )
+from vam_policy.ros.sim_parameters import sim_settings_from_parameters
 
 PROFILES = sorted((REPO_ROOT / "config").glob("*.yaml"))
 
@@ -138,6 +140,7 @@ def test_lower_limit_must_be_below_upper() -> None:
         ("trajectory_topic", "/arm controller/cmd", "not a valid ROS 2 topic name"),
         ("camera_topics", [], "at least 1 item"),
         ("joint_names", ["a", "a"], "contains duplicates"),
+        ("camera_topics", ["/cam", "/cam"], "contains duplicates"),
         ("start_paused", "yes", "expected bool, got str"),
         ("camera_compressed", [True, False], "expected 1 value or 1"),
     ],
@@ -209,3 +212,20 @@ def test_building_blocks_never_import_rclpy() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"cameras": ["agentview", "agentview"],
+          "camera_topics": ["/a", "/b"]}, "cameras: contains duplicates"),
+        ({"cameras": ["agentview", "robot0_eye_in_hand"],
+          "camera_topics": ["/a", "/a"]}, "camera_topics: contains duplicates"),
+        ({"cameras": ["agentview", "robot0_eye_in_hand"]},
+         "camera_topics: expected one per camera (2), got 1"),
+    ],
+)
+def test_sim_cameras_need_unique_names_and_one_topic_each(values: dict[str, object],
+                                                         expected: str) -> None:
+    with pytest.raises(ParameterError, match=re.escape(expected)):
+        sim_settings_from_parameters(values)

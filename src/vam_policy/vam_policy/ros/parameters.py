@@ -107,6 +107,7 @@ class ParameterSpec:
     minimum_exclusive: bool = False
     choices: tuple[str, ...] = ()
     min_items: int = 0
+    unique_items: bool = False
     check: Callable[[Any], str | None] | None = field(default=None, compare=False)
 
     @property
@@ -125,6 +126,8 @@ class ParameterSpec:
             parts.append("one of " + ", ".join(self.choices))
         if self.min_items:
             parts.append(f"at least {self.min_items} item(s)")
+        if self.unique_items:
+            parts.append("no duplicates")
         return "; ".join(parts)
 
     def validate(self, value: object) -> ParameterValue:
@@ -133,6 +136,8 @@ class ParameterSpec:
         problems = [p for item in items if (p := self._item_problem(item)) is not None]
         if self.type.is_array and len(items) < self.min_items:
             problems.append(f"needs at least {self.min_items} item(s), got {len(items)}")
+        if self.unique_items and len(set(items)) != len(items):
+            problems.append(f"contains duplicates: {list(items)}")
         if problems:
             raise ParameterError([f"{self.name}: {problems[0]}"])
         if self.type.is_array:
@@ -222,7 +227,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     # Robot and limits
     _spec("joint_names", _T.STRING_ARRAY, None, "",
           "Joints the policy controls, in model order; joint states are reordered to it.",
-          read_only=True, min_items=1, check=_joint_name_problem),
+          read_only=True, min_items=1, unique_items=True, check=_joint_name_problem),
     _spec("joint_position_lower", _T.DOUBLE_ARRAY, None, "rad",
           "Lower position limit of each joint (order of joint_names).", read_only=True),
     _spec("joint_position_upper", _T.DOUBLE_ARRAY, None, "rad",
@@ -242,7 +247,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     # Topics
     _spec("camera_topics", _T.STRING_ARRAY, None, "",
           "Camera topics, in the order the model's views were trained.", read_only=True,
-          min_items=1, check=_topic_problem),
+          min_items=1, unique_items=True, check=_topic_problem),
     _spec("camera_compressed", _T.BOOL_ARRAY, (False,), "",
           "Per camera: subscribe as sensor_msgs/CompressedImage. One value applies to all.",
           read_only=True, min_items=1),
@@ -357,8 +362,6 @@ class NodeSettings:
     def _relation_problems(self) -> list[str]:
         problems = []
         joints = self.joint_names
-        if len(set(joints)) != len(joints):
-            problems.append(f"joint_names: contains duplicates: {list(joints)}")
         for name in ("joint_position_lower", "joint_position_upper", "max_joint_velocity",
                      "max_joint_acceleration"):
             values = getattr(self, name)
@@ -376,8 +379,6 @@ class NodeSettings:
                 if not lo < hi
             )
         cameras = self.camera_topics
-        if len(set(cameras)) != len(cameras):
-            problems.append(f"camera_topics: contains duplicates: {list(cameras)}")
         if len(self.camera_compressed) not in (1, len(cameras)):
             problems.append(
                 f"camera_compressed: expected 1 value or {len(cameras)} (one per camera topic), "

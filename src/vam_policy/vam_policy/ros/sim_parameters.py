@@ -63,7 +63,7 @@ SIM_PARAMETERS: tuple[ParameterSpec, ...] = (
           minimum=0.0, minimum_exclusive=True),
     _spec("cameras", _T.STRING_ARRAY, ("agentview",), "",
           "MuJoCo cameras that are rendered, one topic each (robot0_eye_in_hand: the wrist).",
-          min_items=1),
+          min_items=1, unique_items=True),
     _spec("image_width", _T.INTEGER, 128, "px", "Rendered image width.",
           minimum=16, maximum=1024),
     _spec("image_height", _T.INTEGER, 128, "px", "Rendered image height.",
@@ -80,7 +80,7 @@ SIM_PARAMETERS: tuple[ParameterSpec, ...] = (
           minimum=0.0, maximum=100.0, minimum_exclusive=True),
     _spec("camera_topics", _T.STRING_ARRAY, ("/sim/camera/agentview/image_raw",), "",
           "sensor_msgs/Image (rgb8) outputs, one per camera, in the same order.",
-          min_items=1, check=_topic_problem),
+          min_items=1, unique_items=True, check=_topic_problem),
     _spec("joint_states_topic", _T.STRING, "/joint_states", "",
           "sensor_msgs/JointState output: the arm joints and robot0_gripper.",
           check=_topic_problem),
@@ -116,10 +116,6 @@ class SimNodeSettings:
                 object.__setattr__(self, spec.name, spec.validate(getattr(self, spec.name)))
             except ParameterError as error:
                 problems.extend(error.problems)
-        for name in ("cameras", "camera_topics"):
-            values = getattr(self, name)
-            if len(set(values)) != len(values):
-                problems.append(f"{name}: contains duplicates: {list(values)}")
         if not problems and len(self.cameras) != len(self.camera_topics):
             problems.append(f"camera_topics: expected one per camera ({len(self.cameras)}), "
                             f"got {len(self.camera_topics)}")

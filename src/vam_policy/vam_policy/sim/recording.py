@@ -233,8 +233,7 @@ def record_demonstrations(
         shutil.rmtree(scratch, ignore_errors=True)
     kept = sum(r.success for r in results)
     summary = {"profile": str(profile), "storage": storage, "disturbance_rad": disturbance_rad,
-               "kept": kept,
-               "episodes": [asdict(r) for r in results]}
+               "kept": kept, "episodes": [asdict(r) for r in results]}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log(f"kept {kept} of {len(results)} episodes (only solved ones) in {out}")
     return results
