@@ -94,7 +94,7 @@ def _compiled_velocity(decoder: ActionDecoder) -> ActionDecoder:
     """A copy of `decoder` whose velocity network (called once per Euler step by `sample`) is
     compiled; `sample`'s checks and step loop stay eager, the original is left as it is."""
     compiled = copy.deepcopy(decoder)
-    compiled._velocity = torch.compile(compiled._velocity)
+    compiled.conditioned_velocity = torch.compile(compiled.conditioned_velocity)
     return compiled
 
 
@@ -290,7 +290,7 @@ def run(preset: str, device: str, repeats: int, inputs: str | None = None,
             lambda s=steps: policy.decoder.sample(features, proprio, tau, steps=s, text=text),
             repeats, dev)))
     rows.append(_row(flops.RECOMPUTED_KV, _timed(lambda: integrate(
-        lambda x, tau_a: policy.decoder._velocity(
+        lambda x, tau_a: policy.decoder.conditioned_velocity(
             x, tau_a, policy.decoder.condition(features, text, proprio), proprio, tau),
         noise, 10), repeats, dev)))
     rows.append(maybe_compiled(

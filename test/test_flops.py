@@ -71,7 +71,7 @@ def _measured(config: PolicyConfig, device: str, steps: tuple[int, ...]) -> dict
             return
         condition = decoder.condition(features, None, proprio)
         for _ in range(n):
-            decoder._velocity(x, tau, condition, proprio, tau)
+            decoder.conditioned_velocity(x, tau, condition, proprio, tau)
 
     counts = {
         "VAE encode history": _counted(lambda: backbone.encode_video(video)),

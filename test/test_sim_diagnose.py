@@ -80,12 +80,13 @@ def test_follower_plays_each_chunk_on_its_time_grid_then_replans(policy: VAMPoli
 
 
 def test_summary_rates_errors_and_tolerance() -> None:
-    """Per task and over all: success shares, mean absolute approach error per axis, and the
-    share of approaches within the tolerance on both axes."""
+    """Per task and over all: success shares, mean absolute approach and reach errors per
+    axis, and the shares of approaches and reaches within the tolerance on both axes."""
     episodes = [
-        EpisodeDiagnosis("lift_red", 1000, 0, False, True, 1.6, (-0.10, 0.01)),
-        EpisodeDiagnosis("lift_red", 1000, 1, True, True, 1.6, (0.01, -0.015)),
-        EpisodeDiagnosis("push_red_left", 1000, 0, False, False, 2.4, (0.0, 0.03)),
+        EpisodeDiagnosis("lift_red", 1000, 0, False, True, 1.6, (-0.10, 0.01), 2.6, (0.0, 0.04)),
+        EpisodeDiagnosis("lift_red", 1000, 1, True, True, 1.6, (0.01, -0.015), 2.6, (0.0, 0.0)),
+        EpisodeDiagnosis("push_red_left", 1000, 0, False, False, 2.4, (0.0, 0.03), 3.4,
+                         (0.01, 0.01)),
     ]
     rows = {row["task"]: row for row in summarize(episodes)}
     assert list(rows) == ["lift_red", "push_red_left", "all"]
@@ -95,6 +96,10 @@ def test_summary_rates_errors_and_tolerance() -> None:
     assert lift["approach_error_y_m"] == pytest.approx(0.0125)
     assert lift["approach_within_tolerance"] == 0.5
     assert rows["push_red_left"]["approach_within_tolerance"] == 0.0  # 3 cm > 2 cm
+    assert (lift["reach_error_x_m"], lift["reach_error_y_m"]) == pytest.approx((0.0, 0.02))
+    assert lift["reach_within_tolerance"] == 0.5
+    assert rows["push_red_left"]["reach_within_tolerance"] == 1.0
+    assert rows["all"]["reach_within_tolerance"] == pytest.approx(2 / 3)
     assert rows["all"]["success"] == pytest.approx(1 / 3)
     assert REACH_TOLERANCE_M == 0.02
 
@@ -108,16 +113,18 @@ def _diagnose(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_diagnose_the_shipped_checkpoint(tmp_path: Path) -> None:
     """One lift layout under two noise draws, alone and handed over after the expert's 1.6 s
-    approach: the table is printed and the report written; a missing checkpoint is one line
-    and exit 2."""
+    approach (its fingers are down at the cube at 2.6 s): the table is printed and the report
+    written; a missing checkpoint is one line and exit 2."""
     done = _diagnose("--checkpoint", str(SHIPPED), "--tasks", "lift_red", "--episodes", "1",
                      "--noise-draws", "2", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "| lift_red | 2 |" in done.stdout
     report = json.loads((tmp_path / "diagnosis.json").read_text())
-    assert [(e["task"], e["seed"], e["noise_draw"], e["approach_s"])
-            for e in report["episodes"]] == [("lift_red", 1000, 0, 1.6), ("lift_red", 1000, 1, 1.6)]
-    assert all(np.all(np.isfinite(e["approach_error_m"])) for e in report["episodes"])
+    assert [(e["task"], e["seed"], e["noise_draw"], e["approach_s"], e["reach_s"])
+            for e in report["episodes"]] == [("lift_red", 1000, 0, 1.6, 2.6),
+                                             ("lift_red", 1000, 1, 1.6, 2.6)]
+    assert all(np.all(np.isfinite(e["approach_error_m"] + e["reach_error_m"]))
+               for e in report["episodes"])
     assert report["replan_steps"] == max(1, load_parameters_file(PROFILE).get("replan_steps", 0))
     assert "| lift_red | 2 |" in (tmp_path / "diagnosis.md").read_text()
 

@@ -100,11 +100,12 @@ def test_recorded_bags_build_into_a_dataset(processes: Processes, tmp_path: Path
     assert _record(processes, demos, "--tasks", "lift_red", "--seed", "3") == 2  # never overwrites
 
 
-def test_disturbed_approaches_keep_the_expert_commands(processes: Processes,
-                                                      tmp_path: Path) -> None:
+def test_disturbed_reaches_keep_the_expert_commands(processes: Processes,
+                                                    tmp_path: Path) -> None:
     """--disturbance-rad: the same expert commands (the bag's actions), but during the approach
-    the arm is off its undisturbed path by cm, not mm; the offset fades out, so the episode is
-    still solved and its last second is the undisturbed one."""
+    and the descent the arm is off its undisturbed path by cm, not mm; the offset fades out
+    before the grasp, so the episode is still solved and its last second is the undisturbed
+    one."""
     bags = {}
     for name, extra in (("plain", ()), ("disturbed", ("--disturbance-rad", "0.04"))):
         demos = tmp_path / name
@@ -118,6 +119,7 @@ def test_disturbed_approaches_keep_the_expert_commands(processes: Processes,
     np.testing.assert_allclose(disturbed.action, plain.action, atol=1e-6)  # same commands
     off_path = np.abs(disturbed.state[:, :7] - plain.state[:, :7]).mean(axis=1)  # [steps] rad
     assert off_path[2:14].mean() > 0.02, off_path  # the 1.6 s approach, 10 Hz
+    assert off_path[16:20].mean() > 0.01, off_path  # the way down (1.6-2.6 s), fading out
     assert off_path[-10:].max() < 0.01, off_path
 
 

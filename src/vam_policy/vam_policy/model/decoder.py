@@ -458,7 +458,8 @@ class ActionDecoder(nn.Module):
         cfg = self.config
         _check("x_tau", x_tau, "[B, H, J]", (batch, cfg.horizon, cfg.action_dim))
         _check("tau_a", tau_a, "[B]", (batch,), unit_interval=True)
-        return self._velocity(x_tau, tau_a, self.condition(features, text, proprio), proprio, tau_v)
+        condition = self.condition(features, text, proprio)
+        return self.conditioned_velocity(x_tau, tau_a, condition, proprio, tau_v)
 
     def loss(
         self,
@@ -490,7 +491,7 @@ class ActionDecoder(nn.Module):
             readout_loss = F.mse_loss(condition.mean.float(), actions.float())
             actions = actions - condition.mean.detach().to(actions.dtype)
         x_tau = interpolate(actions, eps, tau_a)  # [B, H, J]
-        pred = self._velocity(x_tau, tau_a, condition, proprio, tau_v)  # [B, H, J]
+        pred = self.conditioned_velocity(x_tau, tau_a, condition, proprio, tau_v)  # [B, H, J]
         return F.mse_loss(pred.float(), velocity_target(actions, eps).float()) + readout_loss
 
     @torch.no_grad()
@@ -529,7 +530,7 @@ class ActionDecoder(nn.Module):
         condition = self.condition(features, text, proprio)  # reused at every step
 
         def velocity_field(x: Tensor, tau_a: Tensor) -> Tensor:
-            return self._velocity(x, tau_a, condition, proprio, tau_v)
+            return self.conditioned_velocity(x, tau_a, condition, proprio, tau_v)
 
         chunk = integrate(velocity_field, noise, steps)
         return chunk if condition.mean is None else chunk + condition.mean.to(chunk.dtype)
@@ -562,9 +563,10 @@ class ActionDecoder(nn.Module):
         pooled = (text * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)  # [B, D]
         return self.text_embed(pooled)
 
-    def _velocity(self, x_tau: Tensor, tau_a: Tensor, condition: DecoderCondition,
-                  proprio: Tensor, tau_v: Tensor) -> Tensor:
-        """The network on checked inputs and the chunk's `condition`."""
+    def conditioned_velocity(self, x_tau: Tensor, tau_a: Tensor, condition: DecoderCondition,
+                             proprio: Tensor, tau_v: Tensor) -> Tensor:
+        """`velocity` with the chunk's `condition` computed already (`condition`), on inputs
+        that are not checked again: one flow step as `sample` runs it."""
         # inputs
         tokens = torch.cat([self.proprio_embed(self._cast(proprio))[:, None],  # [B, 1, W]
                             self.action_embed(self._cast(x_tau))], dim=1)  # [B, 1+H, W]

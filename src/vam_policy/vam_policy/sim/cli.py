@@ -35,8 +35,9 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="profile with vam_sim_node and vam_policy_node sections "
                         "(default %(default)s)")
     record.add_argument("--disturbance-rad", type=float, default=0.0, metavar="RAD",
-                        help="disturb each approach by smooth random joint offsets of this "
-                        "scale, faded out by the approach's end; the bags keep the expert's "
+                        help="disturb the arm's reach of the cube (approach and descent) by smooth "
+                        "random joint offsets of this scale, faded out by the time the fingers "
+                        "are at the cube; the bags keep the expert's "
                         "commands, so they show the way back (default 0: none)")
     record.set_defaults(func=run_sim_record)
     diagnose = verbs.add_parser(

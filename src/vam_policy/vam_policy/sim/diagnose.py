@@ -10,7 +10,10 @@ as 1) with the profile's `noise_scale`. Each layout runs twice:
 
 - alone: the policy from the start. Where its grip site is when the scripted expert ends its
   approach (above the cube to lift it, beside it to push it) against where the expert's is then
-  is the *approach error*: along x (depth: the cubes' rows) and y (across the table).
+  is the *approach error*: along x (depth: the cubes' rows) and y (across the table). The same
+  when the expert's fingers are down at the cube, about to close or push, is the *reach error*:
+  a policy that approaches well but drifts on the way down has a small approach error and a
+  large reach error.
 - handed over: the expert drives until the end of its approach, then the policy.
 
 A policy that fails alone but succeeds handed over does not find the named cube; one that fails
@@ -102,6 +105,11 @@ class EpisodeDiagnosis:
     success_handed_over: bool
     approach_s: float
     approach_error_m: tuple[float, float]  # policy - expert grip site at approach_s: x, y
+    reach_s: float
+    reach_error_m: tuple[float, float]  # policy - expert grip site at reach_s: x, y
+
+
+MARKS = ("approach", "reach")  # the moments of the expert's plan the errors are taken at
 
 
 def grip_xy(arm: SimArm) -> np.ndarray:
@@ -109,15 +117,27 @@ def grip_xy(arm: SimArm) -> np.ndarray:
     return arm.grip_position()[:2]
 
 
+def _note_grip(notes: dict[str, np.ndarray], times: dict[str, float], arm: SimArm,
+               now: float) -> None:
+    """Note the grip site's x, y under each mark whose time has come and has no note yet."""
+    for mark, mark_s in times.items():
+        if mark not in notes and now >= mark_s - 1e-9:
+            notes[mark] = grip_xy(arm)
+
+
 def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise_draw: int,
                      replan_steps: int, noise_scale: float = 1.0) -> EpisodeDiagnosis:
     """Roll `task` at `seed` out alone and handed over (module docstring)."""
-    # The expert alone, to its approach's end: where the policy should be by then.
+    # The expert alone, to the end of its reach: where the policy should be by then.
     observation = arm.reset(task, seed)
     expert = make_expert(arm)
-    while observation.time < expert.approach_s - 1e-9:
+    times = {"approach": expert.approach_s, "reach": expert.reach_s}
+    expert_at: dict[str, np.ndarray] = {}
+    while True:
+        _note_grip(expert_at, times, arm, observation.time)
+        if len(expert_at) == len(times):
+            break
         observation = arm.apply(expert.act(observation))
-    expert_xy = grip_xy(arm)
 
     results = []
     for handover_s in (0.0, expert.approach_s):
@@ -125,27 +145,28 @@ def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise
         expert = make_expert(arm)
         follower = ChunkFollower(policy, arm.task.instruction, replan_steps,
                                  seed + NOISE_DRAW_STRIDE * noise_draw, noise_scale)
-        policy_xy = None
+        policy_at: dict[str, np.ndarray] = {}
         while not arm.truncated and not arm.success():
             follower.observe(observation)
-            if policy_xy is None and observation.time >= expert.approach_s - 1e-9:
-                policy_xy = grip_xy(arm)
+            _note_grip(policy_at, times, arm, observation.time)
             if observation.time < handover_s - 1e-9:
                 observation = arm.apply(expert.act(observation))
             else:
                 observation = arm.apply(follower.command(observation))
-        if policy_xy is None:  # solved before the expert would have approached
-            policy_xy = grip_xy(arm)
-        results.append((arm.success(), policy_xy))
-    (alone, policy_xy), (handed_over, _) = results
-    error = policy_xy - expert_xy
-    return EpisodeDiagnosis(task, seed, noise_draw, alone, handed_over, expert.approach_s,
-                            (float(error[0]), float(error[1])))
+        for mark in times:  # solved before the expert would have got there
+            policy_at.setdefault(mark, grip_xy(arm))
+        results.append((arm.success(), policy_at))
+    (alone, policy_at), (handed_over, _) = results
+    approach, reach = (policy_at[mark] - expert_at[mark] for mark in MARKS)
+    return EpisodeDiagnosis(task, seed, noise_draw, alone, handed_over,
+                            expert.approach_s, (float(approach[0]), float(approach[1])),
+                            expert.reach_s, (float(reach[0]), float(reach[1])))
 
 
 def summarize(episodes: Sequence[EpisodeDiagnosis]) -> list[dict[str, Any]]:
-    """Per task (in first-seen order) and over all: success alone and handed over, mean
-    absolute approach error along x and y, and the share of approaches within tolerance."""
+    """Per task (in first-seen order) and over all: success alone and handed over, and for the
+    approach and the reach the mean absolute error along x and y and the share within
+    tolerance."""
     groups: dict[str, list[EpisodeDiagnosis]] = {}
     for episode in episodes:
         groups.setdefault(episode.task, []).append(episode)
@@ -153,17 +174,19 @@ def summarize(episodes: Sequence[EpisodeDiagnosis]) -> list[dict[str, Any]]:
         groups["all"] = list(episodes)
     rows = []
     for task, group in groups.items():
-        errors = np.abs(np.array([e.approach_error_m for e in group]))  # [N, 2]
-        rows.append({
+        row: dict[str, Any] = {
             "task": task,
             "rollouts": len(group),
             "success": float(np.mean([e.success for e in group])),
             "success_handed_over": float(np.mean([e.success_handed_over for e in group])),
-            "approach_error_x_m": float(errors[:, 0].mean()),
-            "approach_error_y_m": float(errors[:, 1].mean()),
-            "approach_within_tolerance": float(np.mean(errors.max(axis=1)
-                                                       <= REACH_TOLERANCE_M)),
-        })
+        }
+        for mark in MARKS:
+            errors = np.abs(np.array([getattr(e, f"{mark}_error_m") for e in group]))  # [N, 2]
+            row[f"{mark}_error_x_m"] = float(errors[:, 0].mean())
+            row[f"{mark}_error_y_m"] = float(errors[:, 1].mean())
+            row[f"{mark}_within_tolerance"] = float(np.mean(errors.max(axis=1)
+                                                            <= REACH_TOLERANCE_M))
+        rows.append(row)
     return rows
 
 
@@ -184,15 +207,19 @@ def diagnose(policy: VAMPolicy, arm: SimArm, tasks: Sequence[str], episodes: int
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The summary as a Markdown table (errors in cm)."""
-    lines = ["| task | rollouts | success | success, expert approach first | approach error x (cm) "
-             "| approach error y (cm) | approaches within 2 cm |",
-             "|---|---|---|---|---|---|---|"]
+    """The summary as a Markdown table (errors in cm, x / y)."""
+    lines = ["| task | rollouts | success | success, expert approach first "
+             "| approach error (cm) | approaches within 2 cm | reach error (cm) "
+             "| reaches within 2 cm |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['task']} | {row['rollouts']} | {row['success']:.0%} "
-                     f"| {row['success_handed_over']:.0%} | {100 * row['approach_error_x_m']:.1f} "
-                     f"| {100 * row['approach_error_y_m']:.1f} "
-                     f"| {row['approach_within_tolerance']:.0%} |")
+        cells = [row["task"], str(row["rollouts"]), f"{row['success']:.0%}",
+                 f"{row['success_handed_over']:.0%}"]
+        for mark in MARKS:
+            cells += [f"{100 * row[f'{mark}_error_x_m']:.1f} / "
+                      f"{100 * row[f'{mark}_error_y_m']:.1f}",
+                      f"{row[f'{mark}_within_tolerance']:.0%}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,11 +1,13 @@
-"""Disturbed approaches for recording: demonstrations that also show the way back.
+"""Disturbed reaches for recording: demonstrations that also show the way back.
 
 Trained on the expert's perfect paths only, a policy never sees the arm off its path, so its
-own small errors grow unanswered (it reaches 2-7 cm off the cube and closes on air). Recorded
-with an `ApproachDisturbance` (the idea of DART, Laskey et al. 2017), the arm executes the
-expert's targets plus a smooth random joint offset during the approach, which fades to zero by
-the approach's end; the bag's commands stay the expert's, so from every disturbed state the
-demonstration says where the arm should go.
+own small errors grow unanswered (it reaches 2-7 cm off the cube, or drifts off it on the way
+down, and closes on air). Recorded with a `ReachDisturbance` (the idea of DART, Laskey et al.
+2017), the arm executes the expert's targets plus a smooth random joint offset while it reaches
+the cube (the approach and the descent to it), which fades to zero by the time the fingers are
+at the cube; the bag's commands stay the expert's, so from every disturbed state the
+demonstration says where the arm should go. An episode whose disturbed fingers knock the cube
+away is not solved and so not kept.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class ApproachDisturbance:
-    """Ornstein-Uhlenbeck offsets of each arm joint, faded out before the approach ends.
+class ReachDisturbance:
+    """Ornstein-Uhlenbeck offsets of each arm joint, faded out before the reach ends.
 
     Attributes:
         scale_rad: Standard deviation of each joint's offset (0.04 rad moves the fingertips
             about 3 cm).
         correlation_s: How long an offset persists (the process's time constant).
-        fade_s: The offsets ramp linearly to zero over this long before the approach's end.
+        fade_s: The offsets ramp linearly to zero over this long before the reach's end.
     """
 
     scale_rad: float
@@ -37,8 +39,9 @@ class ApproachDisturbance:
                              f"{self.scale_rad}, {self.correlation_s}, {self.fade_s}")
 
     def offsets(self, rng: np.random.Generator, steps: int, joints: int, period_s: float,
-                approach_s: float) -> np.ndarray:
-        """Offsets `[steps, joints]` (rad) for the control periods starting at k * period_s."""
+                until_s: float) -> np.ndarray:
+        """Offsets `[steps, joints]` (rad) for the control periods starting at k * period_s,
+        zero from `until_s` on."""
         keep = math.exp(-period_s / self.correlation_s)
         noise = rng.standard_normal((steps, joints)) * self.scale_rad
         offsets = np.empty((steps, joints))
@@ -46,5 +49,5 @@ class ApproachDisturbance:
         for k in range(1, steps):
             offsets[k] = keep * offsets[k - 1] + math.sqrt(1 - keep**2) * noise[k]
         times = np.arange(steps) * period_s
-        fade = np.clip((approach_s - times) / self.fade_s, 0.0, 1.0)
+        fade = np.clip((until_s - times) / self.fade_s, 0.0, 1.0)
         return offsets * fade[:, None]

@@ -210,6 +210,12 @@ class ScriptedExpert:
         return float(self._ends[0])
 
     @property
+    def reach_s(self) -> float:
+        """Time from reset to the end of the second waypoint: the approach and the descent, until
+        the fingers are at the cube (around it to lift it, beside it to push it)."""
+        return float(self._ends[min(1, len(self._ends) - 1)])
+
+    @property
     def duration_s(self) -> float:
         """Time from reset to the end of the last waypoint."""
         return float(self._ends[-1])

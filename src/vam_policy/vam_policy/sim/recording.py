@@ -35,7 +35,7 @@ from rosbags.typesys import Stores, get_typestore
 from vam_policy.data.episodes import INSTRUCTION_FILE, RecordingProfile
 from vam_policy.ros.sim_parameters import SimNodeSettings, load_sim_settings
 from vam_policy.sim.arm import SimArm
-from vam_policy.sim.disturbance import ApproachDisturbance
+from vam_policy.sim.disturbance import ReachDisturbance
 from vam_policy.sim.experts import make_expert
 from vam_policy.sim.tasks import get_task
 from vam_policy.sim.trajectory import controlled_joints, controller_state
@@ -115,7 +115,7 @@ def sent_by_timer(t: float, period_s: float, rate_hz: float) -> bool:
 
 def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: RecordingTopics,
                    storage: Storage = "mcap", settle_s: float = 0.3,
-                   disturbance: ApproachDisturbance | None = None) -> RecordedEpisode:
+                   disturbance: ReachDisturbance | None = None) -> RecordedEpisode:
     """Run `task`'s expert from `seed` and write every message to a new bag at `path`.
 
     Ends `settle_s` after the expert's plan or at the episode time limit, like
@@ -135,7 +135,7 @@ def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: Record
     if disturbance is not None:
         offsets = disturbance.offsets(np.random.default_rng([seed, _DISTURBANCE_STREAM]),
                                       len(offsets), len(arm.joint_names), period,
-                                      expert.approach_s)
+                                      expert.reach_s)
     with Writer(path, version=9, storage_plugin=_PLUGINS[storage]) as writer:
         connections = {
             topic: writer.add_connection(topic, msgtype, typestore=_TYPESTORE)
@@ -190,7 +190,7 @@ def record_demonstrations(
 
     Writes `<out>/<task>_<seed>/` bags of the solved episodes only, and `<out>/recording.json`
     listing every episode. Refuses to overwrite an existing bag. `disturbance_rad` > 0 disturbs
-    each approach by an `ApproachDisturbance` of that scale.
+    each reach of the cube by a `ReachDisturbance` of that scale.
     """
     topics, settings = RecordingTopics.from_profile(profile)
     for task in tasks:
@@ -198,7 +198,7 @@ def record_demonstrations(
     if episodes_per_task < 1 or storage not in STORAGES or not tasks:
         raise ValueError(f"need tasks, episodes_per_task >= 1 and a storage in {STORAGES}, "
                          f"got {list(tasks)}, {episodes_per_task}, {storage!r}")
-    disturbance = ApproachDisturbance(disturbance_rad) if disturbance_rad else None
+    disturbance = ReachDisturbance(disturbance_rad) if disturbance_rad else None
     out = Path(out)
     planned = [(task, seed + i) for task in tasks for i in range(episodes_per_task)]
     existing = [str(out / _bag_name(*p)) for p in planned if (out / _bag_name(*p)).exists()]
