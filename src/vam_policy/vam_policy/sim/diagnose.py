@@ -131,7 +131,7 @@ def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise
     # The expert alone, to the end of its reach: where the policy should be by then.
     observation = arm.reset(task, seed)
     expert = make_expert(arm)
-    times = {"approach": expert.approach_s, "reach": expert.reach_s}
+    times = {mark: getattr(expert, f"{mark}_s") for mark in MARKS}  # the expert's plan
     expert_at: dict[str, np.ndarray] = {}
     while True:
         _note_grip(expert_at, times, arm, observation.time)
