@@ -89,9 +89,10 @@ def test_status_states_equal_the_message_constants() -> None:
         PolicyStatus.STATE_IDLE, PolicyStatus.STATE_RUNNING, PolicyStatus.STATE_PAUSED,
         PolicyStatus.STATE_FAULTED]
     msg = status_to_msg(StatusReport(STAMP, State.FAULTED, "lift", "tiny (format 1)", 0.03,
-                                      9.8, "stale camera /a"))
+                                      9.8, "stale camera /a", ("joints: NaN", "stale camera /a")))
     assert (msg.state, msg.instruction, msg.checkpoint_id, msg.last_fault) == (
         3, "lift", "tiny (format 1)", "stale camera /a")
+    assert list(msg.active_faults) == ["joints: NaN", "stale camera /a"]
     assert msg.control_rate_hz == pytest.approx(9.8)
 
 

@@ -255,6 +255,23 @@ def test_pause_stops_trajectories_and_resume_restarts_them(robot: Robot) -> None
     robot.wait_for("trajectory", since=reply["t"], timeout=10.0)
 
 
+def test_paused_status_lists_the_faults_a_resume_would_hold_on(robot: Robot) -> None:
+    """While paused the watchdog still runs: the status names the stale camera, and is clear
+    again once frames return (what `vam eval` waits for before its first episode)."""
+    robot.ensure_running()
+    reply = robot.command("trigger", service="pause")
+    assert reply["success"]
+    ack = robot.command("camera", on=False)
+    status = robot.wait_for(
+        "status", lambda e: e["state"] == PAUSED and e["active_faults"], since=ack["t"])
+    assert any(CAMERA in fault for fault in status["active_faults"]), status
+    ack = robot.command("camera", on=True)
+    robot.wait_for("status", lambda e: e["state"] == PAUSED and not e["active_faults"],
+                   since=ack["t"])
+    assert robot.command("trigger", service="resume")["message"] == "resumed"
+    robot.wait_for("trajectory", since=ack["t"])
+
+
 def test_watchdog_holds_when_the_camera_stops_and_recovers(robot: Robot) -> None:
     """No trajectory is stamped later than max_obs_age_s after the last frame, although the
     last chunk (execute_steps 8 at 0.1 s) would reach further; the fault names the camera."""

@@ -122,7 +122,8 @@ class Feeder(Node):
     def on_status(self, msg: PolicyStatus) -> None:
         emit("status", recv=self.now(), state=msg.state, instruction=msg.instruction,
              checkpoint_id=msg.checkpoint_id, latency=msg.last_inference_latency_s,
-             rate=msg.control_rate_hz, last_fault=msg.last_fault)
+             rate=msg.control_rate_hz, last_fault=msg.last_fault,
+             active_faults=list(msg.active_faults))
 
     # ---- commands -----------------------------------------------------------------------
 

@@ -305,17 +305,20 @@ class _Loop:
                                 stamps=np.array([t for t, _ in frames]))
 
     def wait_until_ready(self, timeout_s: float) -> None:
-        """Both nodes up: the sim reports an episode and the policy (loaded) is paused."""
+        """Both nodes up and connected: the sim reports an episode, and the policy (loaded) is
+        paused with no active fault, so it receives the sim's cameras and joint states (just
+        after start-up DDS discovery may still be matching them; an episode started then would
+        lose its first seconds)."""
         def ready() -> bool:
-            return self._episode is not None and (
-                self._policy is not None and self._policy.state == _PAUSED)
+            return self._episode is not None and self._policy is not None and (
+                self._policy.state == _PAUSED and not self._policy.active_faults)
 
         try:
             self._wait(ready, timeout_s, "both nodes to start")
         except EvalError as error:
             policy = self._policy
             state = "no status" if policy is None else (
-                f"state {policy.state}, last fault {policy.last_fault!r}")
+                f"state {policy.state}, active faults {list(policy.active_faults)}")
             raise EvalError(f"{error} (policy node: {state})") from error
         for client in (self._reset, self._instruction, self._pause, self._resume):
             if not client.wait_for_service(timeout_sec=_SERVICE_TIMEOUT_S):

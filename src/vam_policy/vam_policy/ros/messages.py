@@ -132,6 +132,7 @@ class StatusReport:
     last_inference_latency_s: float
     control_rate_hz: float
     last_fault: str
+    active_faults: tuple[str, ...]
 
 
 def status_to_msg(report: StatusReport) -> PolicyStatus:
@@ -143,6 +144,7 @@ def status_to_msg(report: StatusReport) -> PolicyStatus:
     msg.last_inference_latency_s = float(report.last_inference_latency_s)
     msg.control_rate_hz = float(report.control_rate_hz)
     msg.last_fault = report.last_fault
+    msg.active_faults = list(report.active_faults)
     return msg
 
 

@@ -379,7 +379,7 @@ class VAMPolicyNode(Node):
         now_ns = self.get_clock().now().nanoseconds
         self._status_pub.publish(status_to_msg(StatusReport(
             now_ns, view.state, view.instruction, self._checkpoint_id, self._latency_s,
-            self._rate.rate_hz(now_ns), view.last_fault,
+            self._rate.rate_hz(now_ns), view.last_fault, view.faults,
         )))
 
     def _on_pause(self, request: Trigger.Request, response: Trigger.Response) -> Any:
