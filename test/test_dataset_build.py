@@ -222,6 +222,10 @@ def test_dataset_roundtrip_split_and_train_only_stats(tmp_path: Path) -> None:
     np.testing.assert_allclose(dataset.action_stats.mean, Normalizer.fit(actions).mean,
                                rtol=1e-6)
 
+    given = build_dataset(bags, PROFILE, tmp_path / "given", options=WITH_FLAG,
+                          splits=["train", "train", "val", "val"], progress=False)
+    assert list(given.split("val")) == [2, 3]  # the held-out bags the caller names
+
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}

@@ -87,11 +87,14 @@ def test_first_per_task_takes_the_lowest_seeds() -> None:
 def _synthetic_results() -> dict:
     rates = {("video", 2): (0.5, 0.6), ("video", 4): (0.8, 1.0),
              ("image", 2): (0.0, 0.1), ("image", 4): (0.3, 0.5)}
+    errors = {"video": 0.05, "image": 0.08}
     runs = [{"arm": arm, "demos_per_task": n, "seed": seed, "step": 40, "success_rate": rate,
-             "successes": round(10 * rate), "episodes": 10, "per_task": {"lift_red": rate}}
+             "successes": round(10 * rate), "episodes": 10, "per_task": {"lift_red": rate},
+             "heldout_action_mae_rad": errors[arm] * (2 / n) + 0.01 * seed}
             for (arm, n), pair in rates.items() for seed, rate in enumerate(pair)]
     convergence = [{"arm": arm, "demos_per_task": 4, "seed": 0, "step": step,
-                    "success_rate": rate, "per_task": {"lift_red": rate}}
+                    "success_rate": rate, "per_task": {"lift_red": rate},
+                    "heldout_action_mae_rad": errors[arm] * 40 / step}
                    for arm, curve in (("video", (0.3, 0.8)), ("image", (0.1, 0.3)))
                    for step, rate in zip((20, 40), curve, strict=True)]
     table = summary_table(runs)
@@ -112,6 +115,8 @@ def test_summary_table_means_and_std_over_seeds() -> None:
     assert rows["video", 4]["mean"] == pytest.approx(0.9)
     assert rows["video", 4]["std"] == pytest.approx(math.sqrt(0.02))
     assert rows["image", 2]["runs"] == 2
+    assert rows["image", 2]["error_mean"] == pytest.approx(0.085)
+    assert rows["image", 2]["error_std"] == pytest.approx(math.sqrt(0.00005))
 
 
 def test_report_writes_json_markdown_and_plot(tmp_path: Path) -> None:
@@ -123,7 +128,8 @@ def test_report_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     assert "| video | 55 ± 7% | 90 ± 14% |" in markdown
     assert "| image | 5 ± 7% | 40 ± 14% |" in markdown
     assert "demos ratio (image / video)" in markdown
-    assert "| video | 20 | 30% |" in markdown  # convergence table
+    assert "| video | 0.055 ± 0.007 | 0.030 ± 0.007 |" in markdown  # held-out error
+    assert "| video | 20 | 30% | 0.100 |" in markdown  # convergence table
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png_path.stat().st_size > 20_000
 
@@ -140,8 +146,10 @@ def test_command_line_overrides_the_plan() -> None:
     assert plan.tasks == ("lift_blue",) and plan.idm_steps == 90
     assert plan.vae_steps == FULL.vae_steps
     assert plan_from_args(parse(["experiment", "sample-efficiency", "--quick"])) == QUICK
+    assert plan.heldout_demos_per_task == FULL.heldout_demos_per_task
     loop = idm_config(plan, 3).loop
-    assert (loop.seed, loop.save_every, loop.keep_checkpoints) == (3, 30, 4)
-    for bad in (["--demos", "0"], ["--episodes", "0"], ["--demos", "2000"]):
+    assert (loop.seed, loop.save_every, loop.eval_every, loop.keep_checkpoints) == (3, 30, 30, 4)
+    for bad in (["--demos", "0"], ["--episodes", "0"], ["--demos", "2000"],
+                ["--heldout-demos", "0"], ["--pretrain-demos", "10001"]):
         with pytest.raises(ValueError):
             plan_from_args(parse(["experiment", "sample-efficiency", *bad]))

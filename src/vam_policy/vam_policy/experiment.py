@@ -12,13 +12,16 @@ simulated Panda with the tiny 64x64 backbone (`*:sim` presets):
 2. stage 0 (`train_vae`): one VAE for both arms;
 3. stage 1 (`train_video`) twice from that backbone, identical but for `objective`: "video"
    (future frames from the history) and "image" (single frames, the static baseline);
-4. labelled demos: the first N successful demos of each task, for each N of the plan; every
-   one trains (no validation split: the closed loop is the measure);
+4. labelled demos: the first N successful demos of each task, for each N of the plan, all
+   for training; plus held-out demos at seeds from 20000, the validation split of every
+   dataset alike;
 5. stage 2 (`train_idm`) on each arm's backbone for every N and seed, then closed-loop
-   evaluation over ROS 2 (`run_evaluation`);
+   evaluation over ROS 2 (`run_evaluation`); the held-out action error is the final
+   validation's `val_action_mae_rad` (it still tells the arms apart where both solve nothing);
 6. convergence: the step checkpoints of the largest N's first seed, evaluated too;
 7. the report: `sample_efficiency.json` (command, plan, machine, wall times, every run),
-   `.md` (success per arm and N, mean +- std over seeds; the demos ratio) and `.png`.
+   `.md` (success and held-out error per arm and N, mean +- std over seeds; the demos ratio)
+   and `.png`.
 
 The demos ratio: how many demos per task each arm needs to reach one success level (the
 video arm's at its smallest N, at most 50%), interpolated linearly in log N; image / video.
@@ -56,6 +59,7 @@ from vam_policy.sim.cli import task_list
 
 ARMS = ("video", "image")
 PRETRAIN_SEED = 10_000  # pretraining videos: seeds neither the labelled demos nor eval use
+HELDOUT_SEED = 20_000  # held-out labelled demos, for the action error
 MAX_LEVEL = 0.5  # the demos ratio compares arms at no higher a success level than this
 RESULTS_STEM = "sample_efficiency"
 
@@ -70,6 +74,7 @@ class SampleEfficiencyPlan:
     eval_episodes: int  # per task and run
     eval_time_s: float | None  # simulated seconds per episode; None: the profile's limit
     pretrain_demos_per_task: int  # action-free pretraining videos per task (stages 0 and 1)
+    heldout_demos_per_task: int  # labelled demos no run trains on: its action error
     vae_steps: int
     pretrain_steps: int  # stage 1, each arm
     idm_steps: int  # stage 2, each run
@@ -78,14 +83,15 @@ class SampleEfficiencyPlan:
 
 QUICK = SampleEfficiencyPlan(
     tasks=("lift_red",), demos_per_task=(2, 4), seeds=(0,), eval_episodes=1, eval_time_s=4.0,
-    pretrain_demos_per_task=2, vae_steps=10, pretrain_steps=10, idm_steps=40,
-    convergence_points=2)
+    pretrain_demos_per_task=2, heldout_demos_per_task=1, vae_steps=10, pretrain_steps=10,
+    idm_steps=40, convergence_points=2)
 # ~75 min on 2 idle CPU cores, from the step times of quick runs: record 80 demos ~3.5 min,
 # stage 0 ~10 (~1.2 s a step), stage 1 ~4 for both arms, stage 2 12 x (~0.12 s a step + cache
 # and set-up) ~30, evaluation 16 x (~15 s of node start-up + 8 episodes of up to 10 s) ~25.
 FULL = SampleEfficiencyPlan(
     tasks=("lift_red", "push_red_left"), demos_per_task=(5, 10, 20), seeds=(0, 1),
-    eval_episodes=4, eval_time_s=None, pretrain_demos_per_task=20, vae_steps=500,
+    eval_episodes=4, eval_time_s=None, pretrain_demos_per_task=20, heldout_demos_per_task=4,
+    vae_steps=500,
     pretrain_steps=500, idm_steps=900, convergence_points=3)
 
 
@@ -120,6 +126,9 @@ def add_experiment_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pretrain-demos", type=int, default=None, metavar="N",
                         help=f"pretraining videos per task (default "
                         f"{FULL.pretrain_demos_per_task}), seeds from {PRETRAIN_SEED}")
+    parser.add_argument("--heldout-demos", type=int, default=None, metavar="N",
+                        help=f"held-out labelled demos per task for the action error (default "
+                        f"{FULL.heldout_demos_per_task}), seeds from {HELDOUT_SEED}")
     parser.add_argument("--vae-steps", type=int, default=None, metavar="N",
                         help=f"stage 0 steps (default {FULL.vae_steps})")
     parser.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
@@ -156,6 +165,7 @@ def plan_from_args(args: argparse.Namespace) -> SampleEfficiencyPlan:
         ("demos_per_task", tuple(sorted(set(args.demos))) if args.demos else None),
         ("seeds", tuple(dict.fromkeys(args.seeds)) if args.seeds else None),
         ("eval_episodes", args.episodes), ("pretrain_demos_per_task", args.pretrain_demos),
+        ("heldout_demos_per_task", args.heldout_demos),
         ("vae_steps", args.vae_steps), ("pretrain_steps", args.pretrain_steps),
         ("idm_steps", args.idm_steps)) if value is not None}
     plan = replace(plan, **overrides)
@@ -163,13 +173,16 @@ def plan_from_args(args: argparse.Namespace) -> SampleEfficiencyPlan:
         get_task(task)
     if min(plan.demos_per_task) < 1 or min(plan.seeds) < 0:
         raise ValueError("--demos must be >= 1 and --seeds >= 0")
-    if min(plan.eval_episodes, plan.pretrain_demos_per_task, plan.vae_steps,
-           plan.pretrain_steps, plan.idm_steps, plan.convergence_points) < 1:
-        raise ValueError("--episodes, --pretrain-demos and the step counts must be >= 1")
+    if min(plan.eval_episodes, plan.pretrain_demos_per_task, plan.heldout_demos_per_task,
+           plan.vae_steps, plan.pretrain_steps, plan.idm_steps, plan.convergence_points) < 1:
+        raise ValueError("--episodes, --pretrain-demos, --heldout-demos and the step counts "
+                         "must be >= 1")
     if (max(plan.demos_per_task) > EVAL_SEED_OFFSET
-            or EVAL_SEED_OFFSET + plan.eval_episodes > PRETRAIN_SEED):
-        raise ValueError(f"labelled demos (seeds 0..), evaluation (from {EVAL_SEED_OFFSET}) "
-                         f"and pretraining videos (from {PRETRAIN_SEED}) would share seeds")
+            or EVAL_SEED_OFFSET + plan.eval_episodes > PRETRAIN_SEED
+            or PRETRAIN_SEED + plan.pretrain_demos_per_task > HELDOUT_SEED):
+        raise ValueError(f"labelled demos (seeds 0..), evaluation (from {EVAL_SEED_OFFSET}), "
+                         f"pretraining videos (from {PRETRAIN_SEED}) and held-out demos (from "
+                         f"{HELDOUT_SEED}) would share seeds")
     return plan
 
 
@@ -274,8 +287,11 @@ def run_sample_efficiency(plan: SampleEfficiencyPlan, out: Path, results_dir: Pa
             f"datasets of {_ints_text(plan.demos_per_task)} per task")
     labelled = clock.run("labelled_record", "labelled record", lambda: record_demos(
         _demo_plan(plan, max(plan.demos_per_task)), out / "labelled" / "demos", profile, 0))
+    heldout = clock.run("heldout_record", "held-out record", lambda: record_demos(
+        _demo_plan(plan, plan.heldout_demos_per_task), out / "heldout" / "demos", profile,
+        HELDOUT_SEED))
     datasets = clock.run("labelled_dataset", "labelled dataset", lambda: labelled_datasets(
-        plan, labelled, out / "labelled", profile))
+        plan, labelled, heldout, out / "labelled", profile))
 
     _header(5, f"stage 2 + closed-loop evaluation: {runs} runs (idm:sim, {plan.idm_steps} "
             f"steps; {plan.eval_episodes} episode(s) per task)")
@@ -295,7 +311,8 @@ def run_sample_efficiency(plan: SampleEfficiencyPlan, out: Path, results_dir: Pa
                     convergence_run[arm] = folder
                 _write_json(out / "progress.json", results)
                 print(f"{arm} n={n} seed={seed}: {100 * run['success_rate']:.0f}% "
-                      f"({run['successes']}/{run['episodes']})", flush=True)
+                      f"({run['successes']}/{run['episodes']}), held-out action error "
+                      f"{run['heldout_action_mae_rad']:.3f} rad", flush=True)
 
     _header(6, f"convergence: step checkpoints of {max(plan.demos_per_task)} demos, seed "
             f"{plan.seeds[0]}")
@@ -303,10 +320,10 @@ def run_sample_efficiency(plan: SampleEfficiencyPlan, out: Path, results_dir: Pa
         final = next(r for r in results["runs"] if r["arm"] == arm and r["seed"] == plan.seeds[0]
                      and r["demos_per_task"] == max(plan.demos_per_task))
         results["convergence"] += evaluate_convergence(plan, clock, arm, convergence_run[arm],
-                                                       profile)
+                                                       profile, final["heldout_curve"])
         results["convergence"].append({key: final[key] for key in (
             "arm", "demos_per_task", "seed", "step", "success_rate", "successes", "episodes",
-            "per_task")})
+            "per_task", "heldout_action_mae_rad")})
         _write_json(out / "progress.json", results)
 
     _header(7, "report")
@@ -317,6 +334,8 @@ def run_sample_efficiency(plan: SampleEfficiencyPlan, out: Path, results_dir: Pa
     _write_json(out / f"{RESULTS_STEM}.json", results)
     print("\n" + markdown_table(results["table"], plan.demos_per_task))
     print(results["demos_ratio"]["text"])
+    print("\nheld-out action error (rad):\n"
+          + markdown_table(results["table"], plan.demos_per_task, "error"))
     print(f"\nvam experiment sample-efficiency: done in {clock.seconds['total']:.0f} s ("
           + ", ".join(f"{k} {v:.0f} s" for k, v in clock.seconds.items() if k != "total")
           + ")")
@@ -366,9 +385,10 @@ def first_per_task(bags: Sequence[Path], count: int) -> dict[str, list[Path]]:
     return {task: [bag for _, bag in sorted(pairs)[:count]] for task, pairs in by_task.items()}
 
 
-def labelled_datasets(plan: SampleEfficiencyPlan, bags: Sequence[Path], out: Path,
-                      profile: Path) -> dict[int, Path]:
-    """One dataset per N of the plan, from the first N demos of each task, all for training."""
+def labelled_datasets(plan: SampleEfficiencyPlan, bags: Sequence[Path], heldout: Sequence[Path],
+                      out: Path, profile: Path) -> dict[int, Path]:
+    """One dataset per N of the plan: the first N demos of each task for training, every
+    `heldout` demo for validation."""
     from vam_policy.data.dataset import build_dataset, describe
     from vam_policy.data.episodes import RecordingProfile
 
@@ -383,23 +403,25 @@ def labelled_datasets(plan: SampleEfficiencyPlan, bags: Sequence[Path], out: Pat
             print(f"warning: the experts solved fewer than {n} demos of " + ", ".join(
                 f"{task} ({found})" for task, found in short.items()), flush=True)
         folder = out / f"dataset_n{n:03d}"
-        # No validation split: with a handful of demos one held out would be a large share of
-        # the training data, and the closed loop is what measures the policy.
-        dataset = build_dataset([bag for task in plan.tasks for bag in chosen[task]],
-                                RecordingProfile.load(profile), folder, val_fraction=0.0)
+        train = [bag for task in plan.tasks for bag in chosen[task]]
+        dataset = build_dataset([*train, *heldout], RecordingProfile.load(profile), folder,
+                                val_fraction=len(heldout) / (len(train) + len(heldout)),
+                                splits=["train"] * len(train) + ["val"] * len(heldout))
         print(f"{n} per task: {describe(dataset).splitlines()[0]}")
         datasets[n] = folder
     return datasets
 
 
 def idm_config(plan: SampleEfficiencyPlan, seed: int) -> Any:
-    """idm:sim with the run's seed; step checkpoints every idm_steps / convergence_points kept
-    (every run alike: saving draws no random numbers, so it cannot change the training)."""
+    """idm:sim with the run's seed; step checkpoints, each with a validation on the held-out
+    demos, every idm_steps / convergence_points kept (every run alike: saving and validating
+    draw no random numbers from the training's generator, so they cannot change it)."""
     from vam_policy.train.config import IdmTrainConfig, load_train_config
 
     config = load_train_config("idm:sim", IdmTrainConfig)
     every = math.ceil(plan.idm_steps / plan.convergence_points)
     return replace(config, loop=replace(config.loop, seed=seed, save_every=every,
+                                        eval_every=every,
                                         keep_checkpoints=plan.convergence_points + 1))
 
 
@@ -422,12 +444,18 @@ def train_and_evaluate(plan: SampleEfficiencyPlan, clock: _Clock, arm: str, back
             "train_wall_s": train_s, "eval_wall_s": time.monotonic() - tick,
             "train_samples": trained.train_samples, "checkpoint": str(trained.final),
             "final_loss": _last_metrics(trained.records).get("loss"),
+            "heldout_action_mae_rad": _last_metrics(trained.records)["val_action_mae_rad"],
+            "heldout_curve": [[r["step"], r["val_action_mae_rad"]] for r in trained.records
+                              if "val_action_mae_rad" in r],
             **_success(evaluation)}
 
 
 def evaluate_convergence(plan: SampleEfficiencyPlan, clock: _Clock, arm: str, run: Path,
-                         profile: Path) -> list[dict[str, Any]]:
-    """Closed-loop success of the run's intermediate step checkpoints (`step_N/policy`)."""
+                         profile: Path, heldout_curve: Sequence[Sequence[float]]
+                         ) -> list[dict[str, Any]]:
+    """Closed-loop success of the run's intermediate step checkpoints (`step_N/policy`), with
+    the held-out action error at that step (from `heldout_curve`, [step, error] pairs)."""
+    heldout = {int(step): error for step, error in heldout_curve}
     from vam_policy.train.loop import CHECKPOINTS
 
     points = []
@@ -441,7 +469,8 @@ def evaluate_convergence(plan: SampleEfficiencyPlan, clock: _Clock, arm: str, ru
                                s=step: evaluate_checkpoint(demo_plan, f / "policy",
                                                  run / f"eval_step_{s:07d}", profile, 0))
         points.append({"arm": arm, "demos_per_task": max(plan.demos_per_task),
-                       "seed": plan.seeds[0], "step": step, **_success(evaluation)})
+                       "seed": plan.seeds[0], "step": step, **_success(evaluation),
+                       "heldout_action_mae_rad": heldout.get(step)})
     return points
 
 
@@ -497,19 +526,26 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def summary_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation (over seeds, ddof 1; 0 for one seed) of the success rate,
-    one row per arm and N."""
-    groups: dict[tuple[str, int], list[float]] = {}
+    """Mean and standard deviation (over seeds, ddof 1; 0 for one seed) of the success rate
+    (`mean`, `std`) and of the held-out action error (`error_mean`, `error_std`), one row per
+    arm and N."""
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for run in runs:
-        groups.setdefault((run["arm"], run["demos_per_task"]), []).append(run["success_rate"])
+        groups.setdefault((run["arm"], run["demos_per_task"]), []).append(run)
     rows = []
     for arm in ARMS:
-        for (group_arm, n), rates in sorted(groups.items(), key=lambda item: item[0][1]):
+        for (group_arm, n), group in sorted(groups.items(), key=lambda item: item[0][1]):
             if group_arm == arm:
-                rows.append({"arm": arm, "demos_per_task": n, "runs": len(rates),
-                             "mean": float(np.mean(rates)),
-                             "std": float(np.std(rates, ddof=1)) if len(rates) > 1 else 0.0})
+                rates = [run["success_rate"] for run in group]
+                errors = [run["heldout_action_mae_rad"] for run in group]
+                rows.append({"arm": arm, "demos_per_task": n, "runs": len(group),
+                             "mean": float(np.mean(rates)), "std": _std(rates),
+                             "error_mean": float(np.mean(errors)), "error_std": _std(errors)})
     return rows
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def demos_needed(curve: Sequence[tuple[float, float]], level: float) -> float | None:
@@ -593,8 +629,10 @@ def ratio_of(table: Sequence[Mapping[str, Any]]) -> DemosRatio:
 # ---- report --------------------------------------------------------------------------------
 
 
-def markdown_table(table: Sequence[Mapping[str, Any]], demos: Sequence[int]) -> str:
-    """Arm x N: mean +- std success over the seeds."""
+def markdown_table(table: Sequence[Mapping[str, Any]], demos: Sequence[int],
+                   metric: str = "success") -> str:
+    """Arm x N: mean +- std over the seeds of the success rate, or with `metric` "error" of
+    the held-out action error (rad)."""
     cells = {(row["arm"], row["demos_per_task"]): row for row in table}
     lines = ["| pretraining | " + " | ".join(f"N={n}" for n in demos) + " |",
              "|---|" + "---:|" * len(demos)]
@@ -602,8 +640,12 @@ def markdown_table(table: Sequence[Mapping[str, Any]], demos: Sequence[int]) -> 
         values = []
         for n in demos:
             row = cells.get((arm, n))
-            values.append("-" if row is None else
-                          f"{100 * row['mean']:.0f} ± {100 * row['std']:.0f}%")
+            if row is None:
+                values.append("-")
+            elif metric == "error":
+                values.append(f"{row['error_mean']:.3f} ± {row['error_std']:.3f}")
+            else:
+                values.append(f"{100 * row['mean']:.0f} ± {100 * row['std']:.0f}%")
         lines.append(f"| {arm} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
@@ -626,6 +668,10 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         markdown_table(results["table"], demos),
         f"**{results['demos_ratio']['text']}.**",
         "",
+        f"Held-out action error (rad, mean absolute, mean ± std over the seeds; "
+        f"{plan['heldout_demos_per_task']} demo(s) per task that no run trains on):",
+        "",
+        markdown_table(results["table"], demos, "error"),
         f"Both arms share the stage-0 VAE ({plan['vae_steps']} steps) and their stage 1 "
         f"({plan['pretrain_steps']} steps, same seed) on {plan['pretrain_demos_per_task']} "
         "action-free videos per task; they differ in the stage-1 objective alone (future "
@@ -635,8 +681,10 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     if results.get("convergence"):
         lines += ["Success vs stage-2 steps (N = "
                   f"{max(demos)}, seed {plan['seeds'][0]}):", "",
-                  "| pretraining | step | success |", "|---|---:|---:|"]
-        lines += [f"| {p['arm']} | {p['step']} | {100 * p['success_rate']:.0f}% |"
+                  "| pretraining | step | success | held-out error (rad) |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {p['arm']} | {p['step']} | {100 * p['success_rate']:.0f}% | "
+                  f"{_error_text(p.get('heldout_action_mae_rad'))} |"
                   for p in sorted(results["convergence"], key=lambda p: (p["arm"], p["step"]))]
         lines.append("")
     if timings:
@@ -646,15 +694,20 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _error_text(error: float | None) -> str:
+    return "-" if error is None else f"{error:.3f}"
+
+
 def plot_sample_efficiency(results: Mapping[str, Any], path: Path) -> None:
-    """Left: success vs demos per task (log x, std bars); right: success vs stage-2 steps."""
+    """Success and held-out action error vs demos per task (log x, std bars); success vs
+    stage-2 steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colors = {"video": "tab:blue", "image": "tab:orange"}
-    fig, (demos_ax, steps_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (demos_ax, error_ax, steps_ax) = plt.subplots(1, 3, figsize=(17, 4.5))
     demos = results["plan"]["demos_per_task"]
     for arm in ARMS:
         rows = sorted((r for r in results["table"] if r["arm"] == arm),
@@ -663,6 +716,10 @@ def plot_sample_efficiency(results: Mapping[str, Any], path: Path) -> None:
             demos_ax.errorbar([r["demos_per_task"] for r in rows],
                               [100 * r["mean"] for r in rows],
                               yerr=[100 * r["std"] for r in rows], marker="o", capsize=4,
+                              color=colors[arm], label=f"{arm} pretraining")
+            error_ax.errorbar([r["demos_per_task"] for r in rows],
+                              [r["error_mean"] for r in rows],
+                              yerr=[r["error_std"] for r in rows], marker="o", capsize=4,
                               color=colors[arm], label=f"{arm} pretraining")
         points = sorted((p for p in results.get("convergence", ()) if p["arm"] == arm),
                         key=lambda p: p["step"])
@@ -673,12 +730,15 @@ def plot_sample_efficiency(results: Mapping[str, Any], path: Path) -> None:
     if ratio.get("level") is not None:
         demos_ax.axhline(100 * ratio["level"], color="gray", linestyle="--", linewidth=1,
                          label=f"level {100 * ratio['level']:.0f}%")
-    demos_ax.set_xscale("log")
-    demos_ax.set_xticks(demos, [str(n) for n in demos])
-    demos_ax.minorticks_off()
+    for ax in (demos_ax, error_ax):
+        ax.set_xscale("log")
+        ax.set_xticks(demos, [str(n) for n in demos])
+        ax.minorticks_off()
+        ax.legend()
     demos_ax.set(xlabel="labelled demos per task", ylabel="closed-loop success (%)",
                  ylim=(-5, 105), title="success vs labelled demos")
-    demos_ax.legend()
+    error_ax.set(xlabel="labelled demos per task", ylabel="held-out action error (rad)",
+                 ylim=(0, None), title="held-out action error vs labelled demos")
     steps_ax.set(xlabel="stage-2 steps", ylabel="closed-loop success (%)", ylim=(-5, 105),
                  title=f"success vs training steps ({max(demos)} demos per task)")
     if steps_ax.lines:

@@ -147,11 +147,13 @@ def build_dataset(
     seed: int = 0,
     frame_codec: FrameCodec = "jpeg",
     progress: bool = True,
+    splits: Sequence[Split] | None = None,
 ) -> Dataset:
     """Read every bag (one episode each) and write the dataset folder `out`, atomically.
 
-    An existing dataset at `out` is replaced only once the new one is complete; a folder at
-    `out` that is not a dataset is never touched (DatasetError).
+    `splits` gives each bag's split (default: drawn from `val_fraction` and `seed`). An
+    existing dataset at `out` is replaced only once the new one is complete; a folder at `out`
+    that is not a dataset is never touched (DatasetError).
     """
     options = options or EpisodeOptions()
     if not bags:
@@ -160,7 +162,7 @@ def build_dataset(
                 for bag in tqdm(bags, desc="bags", unit="bag", disable=not progress))
     return write_dataset(
         episodes, len(bags), out, profile=profile.name, val_fraction=val_fraction, seed=seed,
-        frame_codec=frame_codec,
+        frame_codec=frame_codec, splits=splits,
         provenance={"action_source": options.action_source, "max_gap_s": options.max_gap_s},
     )
 
