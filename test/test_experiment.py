@@ -13,9 +13,12 @@ from vam_policy.experiment import (
     QUICK,
     demos_needed,
     demos_ratio,
+    error_demos_ratio,
+    error_ratio_of,
     first_per_task,
     plan_dict,
     ratio_of,
+    reanalysed,
     summary_table,
     write_report,
 )
@@ -75,6 +78,24 @@ def test_ratio_is_undefined_when_only_the_image_arm_reaches_the_level() -> None:
     assert "video arm does not reach" in ratio.text
 
 
+def test_error_ratio_reads_the_image_arm_at_the_video_arms_first_error() -> None:
+    video = [(5, 0.089), (10, 0.075), (20, 0.062)]
+    ratio = error_demos_ratio(video, [(5, 0.098), (10, 0.079), (20, 0.064)])
+    # 0.089 lies 9/19 of the way from 0.098 (5 demos) to 0.079 (10 demos), linear in log N
+    assert ratio.level == 0.089 and ratio.video_demos == 5 and ratio.bound == "="
+    assert ratio.image_demos == pytest.approx(5 * 2 ** (9 / 19))
+    assert ratio.ratio == pytest.approx(2 ** (9 / 19))
+    assert "1.4x" in ratio.text and "0.089 rad" in ratio.text
+
+
+def test_error_ratio_bounds() -> None:
+    never = error_demos_ratio([(5, 0.05), (10, 0.04)], [(5, 0.09), (10, 0.07)])
+    assert (never.bound, never.ratio, never.image_demos) == (">=", 2.0, None)
+    assert ">= 2.0x" in never.text
+    better = error_demos_ratio([(5, 0.09), (10, 0.07)], [(5, 0.08), (10, 0.06)])
+    assert (better.bound, better.ratio) == ("<=", 1.0) and "<= 1.0x" in better.text
+
+
 def test_first_per_task_takes_the_lowest_seeds() -> None:
     bags = [Path(f"demos/{task}_{seed:04d}") for task in ("lift_red", "push_red_left")
             for seed in (3, 0, 1)]
@@ -107,6 +128,7 @@ def _synthetic_results() -> dict:
         "timings_s": {"vae": 12.0, "total": 300.0},
         "runs": runs, "convergence": convergence, "table": table,
         "demos_ratio": ratio_of(table).__dict__,
+        "error_ratio": error_ratio_of(table).__dict__,
     }
 
 
@@ -129,9 +151,22 @@ def test_report_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     assert "| image | 5 ± 7% | 40 ± 14% |" in markdown
     assert "demos ratio (image / video)" in markdown
     assert "| video | 0.055 ± 0.007 | 0.030 ± 0.007 |" in markdown  # held-out error
+    assert "demos ratio at equal held-out error (image / video)" in markdown
     assert "| video | 20 | 30% | 0.100 |" in markdown  # convergence table
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png_path.stat().st_size > 20_000
+
+
+def test_report_rewritten_from_a_runs_json(tmp_path: Path) -> None:
+    """`--report`: the same runs, the table and ratios analysed again, the rewrite noted."""
+    results = _synthetic_results()
+    stale = {key: value for key, value in results.items() if key != "error_ratio"}
+    stale["table"] = []
+    again = reanalysed(stale)
+    assert again["runs"] == results["runs"] and again["table"] == results["table"]
+    assert again["error_ratio"] == results["error_ratio"]
+    markdown = write_report(again, tmp_path)[1].read_text()
+    assert "rewritten from the run's JSON by revision" in markdown
 
 
 def test_command_line_overrides_the_plan() -> None:

@@ -137,6 +137,9 @@ def add_experiment_commands(subparsers: argparse._SubParsersAction) -> None:
                         help=f"stage 2 steps of each run (default {FULL.idm_steps})")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sim profile (default: the workspace's config/sim_panda.yaml)")
+    parser.add_argument("--report", type=Path, default=None, metavar="RESULTS_JSON",
+                        help=f"run nothing: rewrite the report (to --results) from an earlier "
+                        f"run's {RESULTS_STEM}.json with this version's analysis")
     parser.set_defaults(func=run_sample_efficiency_command)
 
 
@@ -188,6 +191,8 @@ def plan_from_args(args: argparse.Namespace) -> SampleEfficiencyPlan:
 
 def run_sample_efficiency_command(args: argparse.Namespace) -> int:
     """Exit 0 when every stage ran, 1 when one failed, 2 on bad arguments."""
+    if args.report is not None:
+        return rewrite_report_command(args.report, args.results or workspace_results_dir())
     out = args.out or Path("runs") / time.strftime("sample-efficiency-%Y%m%d-%H%M%S")
     results_dir = args.results or (out if args.quick else workspace_results_dir())
     profile = args.profile or default_profile()
@@ -207,6 +212,30 @@ def run_sample_efficiency_command(args: argparse.Namespace) -> int:
         print(f"vam experiment: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def rewrite_report_command(source: Path, results_dir: Path) -> int:
+    """`--report`: the report of `source`'s runs, analysed again; exit 2 when unreadable."""
+    try:
+        results = json.loads(Path(source).read_text(encoding="utf-8"))
+        paths = write_report(reanalysed(results), results_dir)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"vam experiment: cannot rewrite the report from {source}: {error!r}",
+              file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def reanalysed(results: Mapping[str, Any]) -> dict[str, Any]:
+    """`results` with the table and both ratios computed again from its runs, and a note of
+    the revision that did it (the runs themselves are kept as they are)."""
+    table = summary_table(results["runs"])
+    return {**results, "table": table, "demos_ratio": asdict(ratio_of(table)),
+            "error_ratio": asdict(error_ratio_of(table)),
+            "report_rewritten": {"git": _git_revision(),
+                                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
 
 
 def workspace_results_dir() -> Path:
@@ -329,6 +358,7 @@ def run_sample_efficiency(plan: SampleEfficiencyPlan, out: Path, results_dir: Pa
     _header(7, "report")
     results["table"] = summary_table(results["runs"])
     results["demos_ratio"] = asdict(ratio_of(results["table"]))
+    results["error_ratio"] = asdict(error_ratio_of(results["table"]))
     clock.seconds["total"] = time.monotonic() - clock.started
     paths = write_report(results, results_dir)
     _write_json(out / f"{RESULTS_STEM}.json", results)
@@ -336,6 +366,7 @@ def run_sample_efficiency(plan: SampleEfficiencyPlan, out: Path, results_dir: Pa
     print(results["demos_ratio"]["text"])
     print("\nheld-out action error (rad):\n"
           + markdown_table(results["table"], plan.demos_per_task, "error"))
+    print(results["error_ratio"]["text"])
     print(f"\nvam experiment sample-efficiency: done in {clock.seconds['total']:.0f} s ("
           + ", ".join(f"{k} {v:.0f} s" for k, v in clock.seconds.items() if k != "total")
           + ")")
@@ -626,6 +657,38 @@ def ratio_of(table: Sequence[Mapping[str, Any]]) -> DemosRatio:
     return demos_ratio(curves["video"], curves["image"])
 
 
+def error_demos_ratio(video: Sequence[tuple[float, float]],
+                      image: Sequence[tuple[float, float]]) -> DemosRatio:
+    """Compare the arms' curves of (demos per task, held-out action error) at the error the
+    video arm reaches with its smallest N: the demos the image arm needs to get as low,
+    interpolated linearly in log N (`demos_needed` on the negated error). An upper bound
+    ("<=") when the image arm is that low already at its smallest N, a lower bound (">=")
+    when it never gets there."""
+    if not video or not image:
+        raise ValueError("expected a curve of (demos, error) points for each arm")
+    video, image = sorted(video), sorted(image)
+    nv, level = video[0]
+    ni = demos_needed([(n, -error) for n, error in image], -level)
+    at = f"the video arm's held-out error with {nv:g} demos per task, {level:.3f} rad"
+    if ni is None:
+        ratio = image[-1][0] / nv
+        return DemosRatio(level, nv, None, ratio, ">=",
+                          f"demos ratio at equal held-out error (image / video) >= "
+                          f"{ratio:.1f}x: the image arm does not reach {at}, with up to "
+                          f"{image[-1][0]:g}")
+    bound = "<=" if ni == image[0][0] else "="
+    return DemosRatio(level, nv, ni, ni / nv, bound,
+                      f"demos ratio at equal held-out error (image / video) "
+                      f"{'<= ' if bound == '<=' else ''}{ni / nv:.1f}x: the image arm needs "
+                      f"{ni:.1f} demos per task to reach {at}")
+
+
+def error_ratio_of(table: Sequence[Mapping[str, Any]]) -> DemosRatio:
+    curves = {arm: [(row["demos_per_task"], row["error_mean"]) for row in table
+                    if row["arm"] == arm] for arm in ARMS}
+    return error_demos_ratio(curves["video"], curves["image"])
+
+
 # ---- report --------------------------------------------------------------------------------
 
 
@@ -672,6 +735,8 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         f"{plan['heldout_demos_per_task']} demo(s) per task that no run trains on):",
         "",
         markdown_table(results["table"], demos, "error"),
+        f"**{results['error_ratio']['text']}.**",
+        "",
         f"Both arms share the stage-0 VAE ({plan['vae_steps']} steps) and their stage 1 "
         f"({plan['pretrain_steps']} steps, same seed) on {plan['pretrain_demos_per_task']} "
         "action-free videos per task; they differ in the stage-1 objective alone (future "
@@ -687,6 +752,11 @@ def markdown_report(results: Mapping[str, Any]) -> str:
                   f"{_error_text(p.get('heldout_action_mae_rad'))} |"
                   for p in sorted(results["convergence"], key=lambda p: (p["arm"], p["step"]))]
         lines.append("")
+    rewritten = results.get("report_rewritten")
+    if rewritten:
+        lines += [f"This report was rewritten from the run's JSON by revision "
+                  f"{rewritten['git']} on {rewritten['date']} (`--report`): same runs, that "
+                  "revision's analysis.", ""]
     if timings:
         lines += ["Wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
                   + ".", ""]
@@ -743,8 +813,10 @@ def plot_sample_efficiency(results: Mapping[str, Any], path: Path) -> None:
                  title=f"success vs training steps ({max(demos)} demos per task)")
     if steps_ax.lines:
         steps_ax.legend()
-    if ratio.get("text"):
-        fig.suptitle(textwrap.fill(ratio["text"], 130), fontsize=9)
+    lines = [text for text in (ratio.get("text"), results.get("error_ratio", {}).get("text"))
+             if text]
+    if lines:
+        fig.suptitle("\n".join(textwrap.fill(text, 150) for text in lines), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
