@@ -91,8 +91,7 @@ QUICK = SampleEfficiencyPlan(
 FULL = SampleEfficiencyPlan(
     tasks=("lift_red", "push_red_left"), demos_per_task=(5, 10, 20), seeds=(0, 1),
     eval_episodes=4, eval_time_s=None, pretrain_demos_per_task=20, heldout_demos_per_task=4,
-    vae_steps=500,
-    pretrain_steps=500, idm_steps=900, convergence_points=3)
+    vae_steps=500, pretrain_steps=500, idm_steps=900, convergence_points=3)
 
 
 def add_experiment_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -231,9 +230,7 @@ def rewrite_report_command(source: Path, results_dir: Path) -> int:
 def reanalysed(results: Mapping[str, Any]) -> dict[str, Any]:
     """`results` with the table and both ratios computed again from its runs, and a note of
     the revision that did it (the runs themselves are kept as they are)."""
-    table = summary_table(results["runs"])
-    return {**results, "table": table, "demos_ratio": asdict(ratio_of(table)),
-            "error_ratio": asdict(error_ratio_of(table)),
+    return {**results, **analysis(results["runs"]),
             "report_rewritten": {"git": _git_revision(),
                                  "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
 
@@ -356,9 +353,7 @@ def run_sample_efficiency(plan: SampleEfficiencyPlan, out: Path, results_dir: Pa
         _write_json(out / "progress.json", results)
 
     _header(7, "report")
-    results["table"] = summary_table(results["runs"])
-    results["demos_ratio"] = asdict(ratio_of(results["table"]))
-    results["error_ratio"] = asdict(error_ratio_of(results["table"]))
+    results.update(analysis(results["runs"]))
     clock.seconds["total"] = time.monotonic() - clock.started
     paths = write_report(results, results_dir)
     _write_json(out / f"{RESULTS_STEM}.json", results)
@@ -468,14 +463,14 @@ def train_and_evaluate(plan: SampleEfficiencyPlan, clock: _Clock, arm: str, back
         steps=plan.idm_steps, device="cpu",
         cache_dir=out.parent / f"cache_{arm}_n{n:03d}")))  # shared by the seeds
     train_s = time.monotonic() - tick
+    last = _last_metrics(trained.records)
     tick = time.monotonic()
     evaluation = clock.run("eval", f"eval {arm} n={n} seed={seed}", lambda: evaluate_checkpoint(
         _demo_plan(plan, n), trained.final, out / "eval", profile, 0))
     return {"arm": arm, "demos_per_task": n, "seed": seed, "step": plan.idm_steps,
             "train_wall_s": train_s, "eval_wall_s": time.monotonic() - tick,
             "train_samples": trained.train_samples, "checkpoint": str(trained.final),
-            "final_loss": _last_metrics(trained.records).get("loss"),
-            "heldout_action_mae_rad": _last_metrics(trained.records)["val_action_mae_rad"],
+            "final_loss": last.get("loss"), "heldout_action_mae_rad": last["val_action_mae_rad"],
             "heldout_curve": [[r["step"], r["val_action_mae_rad"]] for r in trained.records
                               if "val_action_mae_rad" in r],
             **_success(evaluation)}
@@ -486,9 +481,9 @@ def evaluate_convergence(plan: SampleEfficiencyPlan, clock: _Clock, arm: str, ru
                          ) -> list[dict[str, Any]]:
     """Closed-loop success of the run's intermediate step checkpoints (`step_N/policy`), with
     the held-out action error at that step (from `heldout_curve`, [step, error] pairs)."""
-    heldout = {int(step): error for step, error in heldout_curve}
     from vam_policy.train.loop import CHECKPOINTS
 
+    heldout = {int(step): error for step, error in heldout_curve}
     points = []
     demo_plan = _demo_plan(plan, max(plan.demos_per_task))
     for folder in sorted(run.glob(f"train/{CHECKPOINTS}/step_*")):
@@ -554,6 +549,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 # ---- analysis ------------------------------------------------------------------------------
+
+
+def analysis(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the report reads from the runs: the arm x N table and both demos ratios."""
+    table = summary_table(runs)
+    return {"table": table, "demos_ratio": asdict(ratio_of(table)),
+            "error_ratio": asdict(error_ratio_of(table))}
 
 
 def summary_table(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
