@@ -22,8 +22,10 @@ from vam_policy.sim.diagnose import (
     REACH_TOLERANCE_M,
     ChunkFollower,
     EpisodeDiagnosis,
+    nearest_cube,
     summarize,
 )
+from vam_policy.sim.scene import CUBE_COLORS
 
 PROFILE = REPO_ROOT / "config" / "sim_panda.yaml"
 SHIPPED = REPO_ROOT / "models" / "sim_panda" / "policy"
@@ -79,14 +81,26 @@ def test_follower_plays_each_chunk_on_its_time_grid_then_replans(policy: VAMPoli
         ChunkFollower(policy, INSTRUCTION, replan_steps=cfg.horizon + 1, seed=0)
 
 
+def test_the_approached_cube_is_the_nearest_start() -> None:
+    """A grip site between two rows counts for the nearer cube, whatever the instruction."""
+    cubes = {"red": np.array([-0.135, 0.0]), "green": np.array([-0.02, 0.05]),
+             "blue": np.array([0.095, -0.03])}
+    assert nearest_cube(cubes, np.array([-0.12, 0.03])) == "red"
+    assert nearest_cube(cubes, np.array([0.04, 0.0])) == "blue"
+    assert nearest_cube(cubes, np.array([0.03, 0.05])) == "green"
+
+
 def test_summary_rates_errors_and_tolerance() -> None:
-    """Per task and over all: success shares, mean absolute approach and reach errors per
-    axis, and the shares of approaches and reaches within the tolerance on both axes."""
+    """Per task and over all: success shares, the share that approached the named cube, mean
+    absolute approach and reach errors per axis, and the shares of approaches and reaches
+    within the tolerance on both axes."""
     episodes = [
-        EpisodeDiagnosis("lift_red", 1000, 0, False, True, 1.6, (-0.10, 0.01), 2.6, (0.0, 0.04)),
-        EpisodeDiagnosis("lift_red", 1000, 1, True, True, 1.6, (0.01, -0.015), 2.6, (0.0, 0.0)),
+        EpisodeDiagnosis("lift_red", 1000, 0, False, True, 1.6, (-0.10, 0.01), 2.6, (0.0, 0.04),
+                         "green"),
+        EpisodeDiagnosis("lift_red", 1000, 1, True, True, 1.6, (0.01, -0.015), 2.6, (0.0, 0.0),
+                         "red"),
         EpisodeDiagnosis("push_red_left", 1000, 0, False, False, 2.4, (0.0, 0.03), 3.4,
-                         (0.01, 0.01)),
+                         (0.01, 0.01), "red"),
     ]
     rows = {row["task"]: row for row in summarize(episodes)}
     assert list(rows) == ["lift_red", "push_red_left", "all"]
@@ -95,6 +109,8 @@ def test_summary_rates_errors_and_tolerance() -> None:
     assert lift["approach_error_x_m"] == pytest.approx(0.055)
     assert lift["approach_error_y_m"] == pytest.approx(0.0125)
     assert lift["approach_within_tolerance"] == 0.5
+    assert lift["approached_named_cube"] == 0.5
+    assert rows["all"]["approached_named_cube"] == pytest.approx(2 / 3)
     assert rows["push_red_left"]["approach_within_tolerance"] == 0.0  # 3 cm > 2 cm
     assert (lift["reach_error_x_m"], lift["reach_error_y_m"]) == pytest.approx((0.0, 0.02))
     assert lift["reach_within_tolerance"] == 0.5
@@ -125,6 +141,7 @@ def test_diagnose_the_shipped_checkpoint(tmp_path: Path) -> None:
                                              ("lift_red", 1000, 1, 1.6, 2.6)]
     assert all(np.all(np.isfinite(e["approach_error_m"] + e["reach_error_m"]))
                for e in report["episodes"])
+    assert all(e["approached_cube"] in CUBE_COLORS for e in report["episodes"])
     assert report["replan_steps"] == max(1, load_parameters_file(PROFILE).get("replan_steps", 0))
     assert "| lift_red | 2 |" in (tmp_path / "diagnosis.md").read_text()
 
