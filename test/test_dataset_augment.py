@@ -12,6 +12,7 @@ import pytest
 from vam_policy.data.augment import (
     ColorWords,
     color_swapped,
+    color_variants,
     swap_permutations,
     write_color_swapped,
 )
@@ -57,6 +58,20 @@ def test_each_permutation_names_the_channel_a_red_pixel_lands_in(
     assert swapped.instruction == f"lift the {ColorWords().by_channel[channel]} cube"
 
 
+def test_cyclic_swaps_paint_each_object_in_each_colour_once() -> None:
+    """With the identity, the two cyclic shifts put a red pixel in each channel once, and each
+    copy's instruction names the colour it is painted; an unknown set is an error."""
+    episode = _episode("lift the red cube", 0)
+    copies = list(color_variants(episode, ColorWords(), swaps="cyclic"))
+    assert len(copies) == 3
+    channels = [int(np.argmax(copy.frames[0][0, 2, 2])) for copy in copies]
+    assert sorted(channels) == [0, 1, 2]
+    assert [c.instruction for c in copies] == [
+        f"lift the {ColorWords().by_channel[channel]} cube" for channel in channels]
+    with pytest.raises(ValueError, match="unknown swap set"):
+        swap_permutations("some")
+
+
 def test_colour_words_must_be_three_distinct_words() -> None:
     with pytest.raises(ValueError, match="three distinct"):
         ColorWords("red", "red", "blue")
@@ -82,6 +97,12 @@ def test_augmented_dataset_has_six_copies_each_in_its_episodes_split(tmp_path: P
     assert args.func(args) == 0
     assert [e.instruction for e in load_dataset(tmp_path / "cli").episodes] == [
         e.instruction for e in out.episodes]
+    args = parser.parse_args(["dataset", "augment-colors", "--dataset", str(tmp_path / "src"),
+                              "--out", str(tmp_path / "cyclic"), "--swaps", "cyclic"])
+    assert args.func(args) == 0
+    cyclic = load_dataset(tmp_path / "cyclic")
+    assert len(cyclic.episodes) == 9
+    assert [e.split for e in cyclic.episodes] == ["train"] * 3 + ["val"] * 3 + ["train"] * 3
 
 
 def test_splits_must_match_the_episodes(tmp_path: Path) -> None:

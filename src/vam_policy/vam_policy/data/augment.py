@@ -7,6 +7,8 @@ copy of the same demonstration in which the red cube is painted green and the in
 "green" keeps every motion and breaks that shortcut: only reading the colour word against the
 picture's colours explains all copies. Channel permutations leave greys (table, arm, floor)
 unchanged, so the copies are pictures the camera could take of a scene with repainted objects.
+The two cyclic shifts alone (`SWAP_SETS["cyclic"]`) already paint every object in each colour
+once, at half the copies of all five.
 """
 
 from __future__ import annotations
@@ -54,9 +56,17 @@ class ColorWords:
         return re.sub(pattern, lambda m: renamed[m.group(1)], text)
 
 
-def swap_permutations() -> list[Permutation]:
-    """The five channel permutations other than the identity."""
-    return [p for p in itertools.permutations(range(RGB)) if p != tuple(range(RGB))]
+SWAP_SETS = ("all", "cyclic")
+"""Which copies to add: all five non-identity permutations, or the two cyclic shifts."""
+
+
+def swap_permutations(swaps: str = "all") -> list[Permutation]:
+    """The channel permutations of a swap set (`SWAP_SETS`), the identity left out."""
+    if swaps == "all":
+        return [p for p in itertools.permutations(range(RGB)) if p != tuple(range(RGB))]
+    if swaps == "cyclic":
+        return [(1, 2, 0), (2, 0, 1)]
+    raise ValueError(f"unknown swap set {swaps!r}; expected one of {SWAP_SETS}")
 
 
 def color_swapped(episode: Episode, permutation: Permutation, words: ColorWords) -> Episode:
@@ -71,24 +81,27 @@ def color_swapped(episode: Episode, permutation: Permutation, words: ColorWords)
         source=f"{episode.source}#{tag}", notes=(*episode.notes, f"colour swap {tag}"))
 
 
-def color_variants(episode: Episode, words: ColorWords) -> Iterator[Episode]:
-    """The episode, then its five colour-swapped copies."""
+def color_variants(episode: Episode, words: ColorWords,
+                   swaps: str = "all") -> Iterator[Episode]:
+    """The episode, then its colour-swapped copies."""
     yield episode
-    for permutation in swap_permutations():
+    for permutation in swap_permutations(swaps):
         yield color_swapped(episode, permutation, words)
 
 
 def write_color_swapped(dataset: Dataset, out: str | Path, words: ColorWords,
-                        progress: bool = True) -> Dataset:
-    """Write `dataset` with every episode's five colour-swapped copies as the dataset `out`;
-    each copy keeps its episode's split, so validation never sees a train layout."""
-    copies = len(swap_permutations()) + 1
+                        swaps: str = "all", progress: bool = True) -> Dataset:
+    """Write `dataset` with every episode's colour-swapped copies (`swaps`: "all" five or the
+    two "cyclic" ones) as the dataset `out`; each copy keeps its episode's split, so validation
+    never sees a train layout."""
+    copies = len(swap_permutations(swaps)) + 1
     indices = tqdm(range(len(dataset.episodes)), desc="episodes", unit="episode",
                    disable=not progress)
-    episodes = (copy for i in indices for copy in color_variants(dataset.load_episode(i), words))
+    episodes = (copy for i in indices
+                for copy in color_variants(dataset.load_episode(i), words, swaps))
     return write_dataset(
         episodes, copies * len(dataset.episodes), out, profile=dataset.profile,
         frame_codec=dataset.frame_codec,
         provenance={"color_swapped_from": str(dataset.root),
-                    "color_words": list(words.by_channel)},
+                    "color_words": list(words.by_channel), "color_swaps": swaps},
         splits=[entry.split for entry in dataset.episodes for _ in range(copies)])

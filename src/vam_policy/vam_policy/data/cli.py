@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vam_policy.data.augment import ColorWords, write_color_swapped
+from vam_policy.data.augment import SWAP_SETS, ColorWords, write_color_swapped
 from vam_policy.data.bag_reader import find_bags
 from vam_policy.data.dataset import FRAME_CODECS, build_dataset, describe, load_dataset
 from vam_policy.data.episodes import (
@@ -68,13 +68,17 @@ def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(func=run_dataset_info)
 
     augment = verbs.add_parser(
-        "augment-colors", help="add each episode's five colour-swapped copies (RGB channels "
+        "augment-colors", help="add each episode's colour-swapped copies (RGB channels "
         "permuted, colour words of the instruction renamed to match)")
     augment.add_argument("--dataset", required=True, type=Path, help="dataset folder")
     augment.add_argument("--out", required=True, type=Path, help="dataset folder to (re)write")
     augment.add_argument("--colors", default="red,green,blue", metavar="R,G,B",
                          help="the instruction's words for the colours that sit mostly in the "
                          "red, green and blue channel (default %(default)s)")
+    augment.add_argument("--swaps", choices=SWAP_SETS, default="all",
+                         help="all: the five other channel orders; cyclic: the two cyclic "
+                         "shifts, which paint each object in each colour once (default "
+                         "%(default)s)")
     augment.set_defaults(func=run_dataset_augment_colors)
     _add_lerobot_verbs(verbs)
 
@@ -158,7 +162,8 @@ def run_dataset_augment_colors(args: argparse.Namespace) -> int:
     words = args.colors.split(",")
     if len(words) != 3:
         raise ValueError(f"--colors: expected three comma-separated words, got {args.colors!r}")
-    dataset = write_color_swapped(load_dataset(args.dataset), args.out, ColorWords(*words))
+    dataset = write_color_swapped(load_dataset(args.dataset), args.out, ColorWords(*words),
+                                  args.swaps)
     print(describe(dataset))
     return 0
 
