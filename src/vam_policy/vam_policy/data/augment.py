@@ -56,17 +56,18 @@ class ColorWords:
         return re.sub(pattern, lambda m: renamed[m.group(1)], text)
 
 
-SWAP_SETS = ("all", "cyclic")
+SWAP_SETS: dict[str, tuple[Permutation, ...]] = {
+    "all": tuple(p for p in itertools.permutations(range(RGB)) if p != tuple(range(RGB))),
+    "cyclic": ((1, 2, 0), (2, 0, 1)),
+}
 """Which copies to add: all five non-identity permutations, or the two cyclic shifts."""
 
 
 def swap_permutations(swaps: str = "all") -> list[Permutation]:
     """The channel permutations of a swap set (`SWAP_SETS`), the identity left out."""
-    if swaps == "all":
-        return [p for p in itertools.permutations(range(RGB)) if p != tuple(range(RGB))]
-    if swaps == "cyclic":
-        return [(1, 2, 0), (2, 0, 1)]
-    raise ValueError(f"unknown swap set {swaps!r}; expected one of {SWAP_SETS}")
+    if swaps not in SWAP_SETS:
+        raise ValueError(f"unknown swap set {swaps!r}; expected one of {sorted(SWAP_SETS)}")
+    return list(SWAP_SETS[swaps])
 
 
 def color_swapped(episode: Episode, permutation: Permutation, words: ColorWords) -> Episode:

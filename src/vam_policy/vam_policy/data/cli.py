@@ -75,7 +75,7 @@ def add_dataset_commands(subparsers: argparse._SubParsersAction) -> None:
     augment.add_argument("--colors", default="red,green,blue", metavar="R,G,B",
                          help="the instruction's words for the colours that sit mostly in the "
                          "red, green and blue channel (default %(default)s)")
-    augment.add_argument("--swaps", choices=SWAP_SETS, default="all",
+    augment.add_argument("--swaps", choices=sorted(SWAP_SETS), default="all",
                          help="all: the five other channel orders; cyclic: the two cyclic "
                          "shifts, which paint each object in each colour once (default "
                          "%(default)s)")
