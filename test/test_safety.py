@@ -12,11 +12,13 @@ from hypothesis import strategies as st
 from conftest import REPO_ROOT
 from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
 from vam_policy.ros.safety import (
+    CommandStream,
     SafetyLimits,
     UnsafeTargetsError,
     _stoppable_speed,
     filter_targets,
 )
+from vam_policy.sim.trajectory import JointTrajectoryExecutor
 
 TOL = 1e-9
 
@@ -25,6 +27,7 @@ TOL = 1e-9
 class Case:
     targets: np.ndarray
     current: np.ndarray
+    start: np.ndarray | None  # the commanded position the targets continue; None: current
     velocity: np.ndarray | None
     dt: float
     first_dt: float | None
@@ -46,8 +49,12 @@ def cases(draw: st.DrawFn, with_velocity: bool = True) -> Case:
     lower = vector(-3.0, 0.0)
     upper = lower + vector(0.05, 4.0)
     vmax, amax = vector(0.1, 3.0), vector(0.5, 20.0)
-    limits = SafetyLimits(lower, upper, vmax, amax, draw(_floats(0.02, 2.0)))
     current = lower + (upper - lower) * vector(0.0, 1.0)
+    reach = draw(_floats(0.02, 2.0))
+    limits = SafetyLimits(lower, upper, vmax, amax, reach)
+    start = None
+    if draw(st.booleans()):  # a command the arm lags behind, within reach of it
+        start = np.clip(current + reach * vector(-0.999, 0.999), lower, upper)
     velocity = None
     if with_velocity and draw(st.booleans()):
         velocity = vmax * vector(-1.5, 1.5)
@@ -56,20 +63,21 @@ def cases(draw: st.DrawFn, with_velocity: bool = True) -> Case:
         min_size=steps, max_size=steps,
     )))
     first_dt = draw(st.one_of(st.none(), _floats(0.001, 0.2)))
-    return Case(targets, current, velocity, draw(_floats(0.01, 0.2)), first_dt, limits)
+    return Case(targets, current, start, velocity, draw(_floats(0.01, 0.2)), first_dt, limits)
 
 
 def _run(case: Case, targets: np.ndarray | None = None):
     return filter_targets(
         case.targets if targets is None else targets, case.current, case.dt, case.limits,
-        current_velocity=case.velocity, first_dt=case.first_dt,
+        start_velocity=case.velocity, first_dt=case.first_dt, start=case.start,
     )
 
 
 def _step_velocities(case: Case, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     steps = np.full(len(positions), case.dt)
     steps[0] = case.first_dt or case.dt
-    previous = np.vstack([case.current, positions[:-1]])
+    origin = case.current if case.start is None else case.start
+    previous = np.vstack([origin, positions[:-1]])
     return (positions - previous) / steps[:, None], steps
 
 
@@ -112,14 +120,16 @@ def test_filtering_twice_changes_nothing_more(case: Case) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(cases(), st.sampled_from([np.nan, np.inf, -np.inf]), st.sampled_from(
-    ["targets", "current", "velocity"]), st.integers(0, 100))
+    ["targets", "current", "start", "velocity"]), st.integers(0, 100))
 def test_any_non_finite_value_is_refused(case: Case, bad: float, where: str, pick: int) -> None:
     targets, current = case.targets.copy(), case.current.copy()
+    start = current.copy() if case.start is None else case.start.copy()
     velocity = np.zeros_like(current) if case.velocity is None else case.velocity.copy()
-    array = {"targets": targets, "current": current, "velocity": velocity}[where]
+    array = {"targets": targets, "current": current, "start": start, "velocity": velocity}[where]
     array.flat[pick % array.size] = bad
     with pytest.raises(UnsafeTargetsError, match="refusing to command"):
-        filter_targets(targets, current, case.dt, case.limits, current_velocity=velocity)
+        filter_targets(targets, current, case.dt, case.limits, start_velocity=velocity,
+                       start=start)
 
 
 def _limits(**changes: object) -> SafetyLimits:
@@ -135,7 +145,7 @@ def test_slow_smooth_targets_pass_unchanged() -> None:
     limits = _limits()
     t = np.arange(1, 11)[:, None] * 0.1
     targets = 0.2 * np.sin(t) * np.array([1.0, -1.0])
-    out = filter_targets(targets, np.zeros(2), 0.1, limits, current_velocity=0.2 * np.array(
+    out = filter_targets(targets, np.zeros(2), 0.1, limits, start_velocity=0.2 * np.array(
         [1.0, -1.0]))
     assert np.array_equal(out.positions, targets) and not out.modified
 
@@ -239,3 +249,73 @@ def test_inconsistent_limits_are_refused() -> None:
         _limits(max_velocity=[1.0])
     with pytest.raises(ValueError, match="max_step_from_current"):
         _limits(max_step_from_current=0.0)
+
+
+def test_targets_continue_the_command_the_arm_lags_behind() -> None:
+    """From the command, a smooth continuation passes; from the lagging arm it would be bent."""
+    limits = _limits()
+    targets = np.array([[0.15, 0.0], [0.2, 0.0]])  # 0.5 rad/s on from the command, 20 ms ahead
+    command, arm, velocity = np.array([0.14, 0.0]), np.array([0.1, 0.0]), np.array([0.5, 0.0])
+    ahead = filter_targets(targets, arm, 0.1, limits, start_velocity=velocity, first_dt=0.02,
+                           start=command)
+    assert np.array_equal(ahead.positions, targets) and not ahead.modified
+    behind = filter_targets(targets, arm, 0.1, limits, start_velocity=velocity, first_dt=0.02)
+    assert "velocity" in behind.adjusted and behind.positions[0, 0] < 0.125
+
+
+def test_a_command_the_arm_does_not_follow_is_refused() -> None:
+    with pytest.raises(UnsafeTargetsError, match=r"'b' is commanded at 0\.6000 rad but measured "
+                       r"at 0\.0000 rad.*does not follow its commands"):
+        filter_targets(np.zeros((1, 2)), np.zeros(2), 0.1, _limits(), start=np.array([0.0, 0.6]))
+
+
+def _sim_limits() -> SafetyLimits:
+    values = load_parameters_file(REPO_ROOT / "config/sim_panda.yaml")
+    return SafetyLimits.from_settings(settings_from_parameters(values))
+
+
+def test_a_stream_of_trajectories_is_followed_as_planned_by_a_lagging_arm() -> None:
+    """10 Hz trajectories of a smooth chunk, executed by the sim's controller for an arm 80 ms
+    behind its command: the command follows the chunk exactly, within every limit."""
+    limits = _sim_limits()
+    middle = (limits.lower + limits.upper) / 2
+    swing = np.linspace(0.1, 0.3, limits.num_joints)
+
+    def planned(t: np.ndarray) -> np.ndarray:  # [n, J]; within the profile's limits
+        return middle + swing * np.sin(1.5 * np.asarray(t))[:, None]
+
+    lag_s, dt = 0.08, 0.1
+    controller = JointTrajectoryExecutor(limits.joint_names, limits.lower, limits.upper)
+    controller.reset(middle)
+    stream = CommandStream(limits, dt)
+    times = np.arange(0.0, 4.0, 0.001)
+    commands = np.empty((len(times), limits.num_joints))
+    tick = 0.037
+    for i, t in enumerate(times):
+        if t >= tick - 1e-12:
+            seen = max(t - lag_s, 0.0)  # the arm: the command 80 ms ago
+            arm = planned(np.array([seen]))[0]
+            arm_velocity = 1.5 * swing * np.cos(1.5 * seen)
+            grid = dt * np.arange(np.floor(t / dt) + 1, np.floor(t / dt) + 6)
+            safe = stream.filter(t, grid - t, planned(grid), arm, arm_velocity)
+            controller.submit(limits.joint_names, t, grid - t, safe.positions, t)
+            tick += dt
+        commands[i] = controller.sample(t)
+    after = times >= 0.2  # the first trajectory starts from rest
+    grid = dt * np.arange(0, 41)
+    expected = np.stack([np.interp(times, grid, planned(grid)[:, j])
+                         for j in range(limits.num_joints)], axis=1)
+    assert np.allclose(commands[after], expected[after], atol=1e-9)
+    velocity = np.diff(commands, axis=0) / 0.001
+    assert np.all(np.abs(velocity) <= limits.max_velocity * (1 + 1e-6))
+
+
+def test_after_a_reset_the_stream_starts_from_the_measured_state() -> None:
+    limits = _limits(max_acceleration=[1e6, 1e6])
+    stream = CommandStream(limits, 0.1)
+    stream.filter(0.0, np.array([0.1]), np.array([[0.1, 0.0]]), np.zeros(2), None)
+    held = stream.filter(0.2, np.array([0.1]), np.array([[0.2, 0.0]]), np.zeros(2), None)
+    assert held.positions[0, 0] == pytest.approx(0.2)  # from the command held at 0.1
+    stream.reset()
+    fresh = stream.filter(0.3, np.array([0.1]), np.array([[0.2, 0.0]]), np.zeros(2), None)
+    assert fresh.positions[0, 0] == pytest.approx(0.1)  # 1 rad/s from the arm at 0

@@ -75,7 +75,7 @@ from vam_policy.ros.parameters import (
     settings_from_parameters,
     validate_runtime_change,
 )
-from vam_policy.ros.safety import SafetyLimits, UnsafeTargetsError, filter_targets
+from vam_policy.ros.safety import CommandStream, SafetyLimits, UnsafeTargetsError
 from vam_policy.ros.spin import spin_node
 
 _LOG_PERIOD_S = 2.0
@@ -98,8 +98,8 @@ class VAMPolicyNode(Node):
         s = self._settings
         config = self._loaded.policy.config if self._loaded else None
         self._dt = config.action_dt if config else 0.1  # unused: without a policy nothing runs
-        self._limits = SafetyLimits.from_settings(s)
         self._scheduler = ChunkScheduler(s.execute_steps, s.blend_steps)
+        self._commands = CommandStream(SafetyLimits.from_settings(s), self._dt)
         self._chunk_lock = threading.Lock()
         self._epoch = 0
         self._chunk_id = 0
@@ -221,12 +221,10 @@ class VAMPolicyNode(Node):
         if not changes:
             return
         self._settings = settings = dataclasses.replace(self._settings, **changes)
-        if "velocity_scaling" in changes:
-            self._limits = SafetyLimits.from_settings(settings)
-        if changes.keys() & {"execute_steps", "blend_steps"}:
-            with self._chunk_lock:  # applies from the next chunk on
-                self._scheduler.execute_steps = settings.execute_steps
-                self._scheduler.blend_steps = settings.blend_steps
+        with self._chunk_lock:  # applies from the next trajectory, or chunk, on
+            self._commands.limits = SafetyLimits.from_settings(settings)
+            self._scheduler.execute_steps = settings.execute_steps
+            self._scheduler.blend_steps = settings.blend_steps
         if "instruction" in changes:
             self._halt()  # chunks for the old instruction must not run
             self._run.set_instruction(settings.instruction)
@@ -316,14 +314,18 @@ class VAMPolicyNode(Node):
             return
         with self._chunk_lock:
             plan = self._scheduler.plan(now_ns / 1e9, s.trajectory_points)
-        if plan is None:
-            return
-        times, positions = plan
-        try:
-            safe = filter_targets(positions, joints.positions, self._dt, self._limits,
-                                  current_velocity=joints.velocities, first_dt=float(times[0]))
-        except UnsafeTargetsError as error:
-            reason = f"safety filter: {error}"
+            if plan is None:
+                return
+            times, positions = plan
+            try:
+                safe = self._commands.filter(now_ns / 1e9, times, positions, joints.positions,
+                                             joints.velocities)
+            except UnsafeTargetsError as error:
+                unsafe: UnsafeTargetsError | None = error
+            else:
+                unsafe = None
+        if unsafe is not None:
+            reason = f"safety filter: {unsafe}"
             self._run.raise_fault("safety", reason, latch=True)
             if self._due("safety"):
                 self.get_logger().error(f"{reason}; call ~/resume once it is resolved")
@@ -362,9 +364,11 @@ class VAMPolicyNode(Node):
             self.get_logger().error(f"{reason}; call ~/resume once it is resolved")
 
     def _halt(self) -> None:
-        """Drop every chunk, including one being computed now (its epoch is then old)."""
+        """Drop every chunk, including one being computed now (its epoch is then old); the
+        next trajectory starts from the measured state."""
         with self._chunk_lock:
             self._scheduler.reset()
+            self._commands.reset()
             self._epoch += 1
 
     # ---- state, status and services -----------------------------------------------------

@@ -6,6 +6,13 @@ one), and otherwise bent, never stretched, into the arm's limits: positions, vel
 acceleration and distance from the measured joint position. The filter also keeps a braking
 reserve, so that a target sequence never runs into a bound it could only stop at by
 exceeding the acceleration limit.
+
+`CommandStream` filters the node's trajectories one after another. A position-controlled arm
+lags behind its command by its tracking error, and the controller starts each new trajectory
+from the position it commands (a ros2_control JointTrajectoryController with
+`open_loop_control: true`, and the sim's), so velocity and acceleration are bounded from
+there: measured from the arm instead, each trajectory would pull the command back onto the
+lagging arm, a jerk at every control tick that also slows the arm down.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ _CONSTRAINTS = ("position", "distance", "velocity", "acceleration", "braking")
 
 
 class UnsafeTargetsError(ValueError):
-    """Targets or joint state are not finite: the node must not command anything from them."""
+    """Targets or joint state are not finite, a joint is outside its limits, or the arm does not
+    follow its commands: the node must not command anything now."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,33 +113,39 @@ def filter_targets(
     current: np.ndarray,
     dt: float,
     limits: SafetyLimits,
-    current_velocity: np.ndarray | None = None,
+    start_velocity: np.ndarray | None = None,
     first_dt: float | None = None,
+    start: np.ndarray | None = None,
 ) -> SafeTargets:
     """Bend `targets` [H, J] (step k at first_dt + k*dt from now) into `limits`.
 
-    With q[-1] = current and v[-1] = current_velocity (None: the arm is taken to be at rest,
-    the cautious guess), every step k keeps lower <= q[k] <= upper, |q[k] - current| <=
-    max_step_from_current, |v[k]| <= max_velocity and |v[k] - v[k-1]| <= max_acceleration *
-    step_k, where v[k] = (q[k] - q[k-1]) / step_k, step_0 = first_dt (default dt), else dt.
+    `current` is the measured joint position; `start` the position the controller commands
+    now, which the targets continue (None: `current`), and `start_velocity` its velocity
+    (None: at rest, the cautious guess). With q[-1] = start and v[-1] = start_velocity, every
+    step k keeps lower <= q[k] <= upper, |q[k] - current| <= max_step_from_current,
+    |v[k]| <= max_velocity and |v[k] - v[k-1]| <= max_acceleration * step_k, where
+    v[k] = (q[k] - q[k-1]) / step_k, step_0 = first_dt (default dt), else dt.
     Each target is clamped to the reachable interval, so already-safe targets come back
     unchanged and filtering twice changes nothing more.
 
     Position, distance and velocity bounds always hold. The acceleration bound holds from the
-    second step on, and at the first step too unless the arm's measured velocity is already too
-    fast to stop within the bounds, in which case it brakes harder rather than pass a limit.
+    second step on, and at the first step too unless start_velocity is already too fast to
+    stop within the bounds, in which case it brakes harder rather than pass a limit.
     A joint measured outside its position limits is an error, not something to steer out of:
     every target it could be sent would either lie outside the limits or jump, and a joint
-    out of range means a wrong profile, a sensor offset or a collision.
+    out of range means a wrong profile, a sensor offset or a collision. So is a `start` more
+    than max_step_from_current from `current`.
 
-    Raises UnsafeTargetsError on any NaN/inf in targets, current or current_velocity, and
-    ValueError on wrong shapes or non-positive time steps.
+    Raises UnsafeTargetsError on any NaN/inf in targets, current, start or start_velocity,
+    and ValueError on wrong shapes or non-positive time steps.
     """
     joints = limits.num_joints
     targets = _finite(targets, "targets", (None, joints), limits)
     current = _finite(current, "current joint position", (joints,), limits)
-    velocity = (np.zeros(joints) if current_velocity is None
-                else _finite(current_velocity, "current joint velocity", (joints,), limits))
+    origin = current if start is None else np.clip(
+        _finite(start, "commanded joint position", (joints,), limits), limits.lower, limits.upper)
+    velocity = (np.zeros(joints) if start_velocity is None
+                else _finite(start_velocity, "commanded joint velocity", (joints,), limits))
     if targets.shape[0] == 0:
         raise ValueError("targets: expected at least one step, got shape (0, J)")
     dt = _positive_time(dt, "dt")
@@ -145,6 +159,14 @@ def filter_targets(
             f"joint {limits.joint_label(j)} is measured at {current[j]:.4f} rad, outside its "
             f"limits [{limits.lower[j]:.4f}, {limits.upper[j]:.4f}]: no target is sent"
         )
+    apart = np.flatnonzero(np.abs(origin - current) > reach)
+    if apart.size:
+        j = int(apart[0])
+        raise UnsafeTargetsError(
+            f"joint {limits.joint_label(j)} is commanded at {origin[j]:.4f} rad but measured at "
+            f"{current[j]:.4f} rad, more than max_step_from_current {reach:g} rad apart: the arm "
+            "does not follow its commands (blocked, or its controller is not running)"
+        )
     box_lo, box_hi = limits.lower, limits.upper
     low = np.maximum(box_lo, current - reach)
     high = np.minimum(box_hi, current + reach)
@@ -152,7 +174,7 @@ def filter_targets(
     positions = np.empty_like(targets)
     velocities = np.empty_like(targets)
     broken: set[str] = set()
-    previous, speed = current, np.clip(velocity, -vmax, vmax)
+    previous, speed = origin, np.clip(velocity, -vmax, vmax)
     for k, wanted in enumerate(targets):
         step = first_dt if k == 0 else dt
         brake_hi = np.minimum(vmax, _stoppable_speed(high - previous, amax, step, dt))
@@ -176,6 +198,61 @@ def filter_targets(
     for array in (positions, velocities):
         array.setflags(write=False)
     return SafeTargets(positions, velocities, tuple(c for c in _CONSTRAINTS if c in broken))
+
+
+@dataclass(frozen=True, eq=False)
+class _Sent:
+    """A trajectory as the controller runs it: from `origin` at `start_s`, linear through
+    `positions` [P, J] at `start_s + times` [P], then holding the last point."""
+
+    start_s: float
+    origin: np.ndarray
+    times: np.ndarray
+    positions: np.ndarray
+
+    def commanded(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Position and velocity [J] commanded at `t` (velocity 0 once the last point holds)."""
+        grid = np.concatenate([[0.0], self.times])
+        points = np.vstack([self.origin, self.positions])
+        elapsed = t - self.start_s
+        k = int(np.clip(np.searchsorted(grid, elapsed, side="right"), 1, len(grid)))
+        if k == len(grid):
+            return points[-1].copy(), np.zeros(points.shape[1])
+        velocity = (points[k] - points[k - 1]) / (grid[k] - grid[k - 1])
+        return points[k - 1] + velocity * (elapsed - grid[k - 1]), velocity
+
+
+class CommandStream:
+    """Filters a stream of trajectories, each from where the one before commands when it
+    starts (module docstring), so the commanded motion keeps within `limits` across them.
+
+    Not thread-safe. The first trajectory, and the first after `reset` (call it whenever the
+    node stops sending: a hold, a pause, a fault), starts from the measured state.
+    """
+
+    def __init__(self, limits: SafetyLimits, dt: float) -> None:
+        self.limits = limits
+        self._dt = dt
+        self._sent: _Sent | None = None
+
+    def reset(self) -> None:
+        """Forget what was sent: the controller may have been reset or commanded by others."""
+        self._sent = None
+
+    def filter(self, now_s: float, times: np.ndarray, targets: np.ndarray,
+               measured: np.ndarray, measured_velocity: np.ndarray | None) -> SafeTargets:
+        """`filter_targets` for the trajectory sent at `now_s`: `targets` [P, J] at `times` [P]
+        s from now; remembered as sent (raises as `filter_targets` does, remembering nothing)."""
+        times = np.asarray(times, dtype=np.float64)
+        if self._sent is None:
+            start, velocity = np.asarray(measured, dtype=np.float64), measured_velocity
+        else:
+            start, velocity = self._sent.commanded(now_s)
+        safe = filter_targets(targets, measured, self._dt, self.limits, start_velocity=velocity,
+                              first_dt=float(times[0]), start=start)
+        origin = np.clip(start, self.limits.lower, self.limits.upper)
+        self._sent = _Sent(now_s, origin, times, safe.positions)
+        return safe
 
 
 def _stoppable_speed(room: np.ndarray, amax: np.ndarray, step: float, dt: float) -> np.ndarray:
