@@ -250,8 +250,9 @@ class CommandStream:
             start, velocity = self._sent.commanded(now_s)
         safe = filter_targets(targets, measured, self._dt, self.limits, start_velocity=velocity,
                               first_dt=float(times[0]), start=start)
-        origin = np.clip(start, self.limits.lower, self.limits.upper)
-        self._sent = _Sent(now_s, origin, times, safe.positions)
+        # `start` lies within the limits: the measured state passed filter_targets' check, and
+        # a commanded position lies between filtered points.
+        self._sent = _Sent(now_s, start, times, safe.positions)
         return safe
 
 
