@@ -29,6 +29,19 @@ def test_a_step_due_exactly_now_is_skipped() -> None:
     assert times.tolist() == [0.5] and positions[0, 0] == 3.0
 
 
+def test_steps_due_within_the_lead_are_left_out() -> None:
+    """A step due 5 ms from now would be past when the controller receives it: not sent, and
+    when it is the chunk's last usable step nothing is sent (the last trajectory holds it)."""
+    scheduler = ChunkScheduler(execute_steps=4, blend_steps=0)
+    scheduler.submit(_ramp(10), observation_time_s=0.0, dt=0.1)
+    times, positions = scheduler.plan(now_s=0.195, n_points=5, min_lead_s=0.02)
+    assert times == pytest.approx([0.105]) and positions[:, 0].tolist() == [3.0]
+    assert scheduler.plan(now_s=0.295, n_points=5, min_lead_s=0.02) is None
+    assert scheduler.plan(now_s=0.295, n_points=5)[1][:, 0].tolist() == [3.0]
+    with pytest.raises(ValueError, match="min_lead_s"):
+        scheduler.plan(now_s=0.0, n_points=5, min_lead_s=float("nan"))
+
+
 def test_chunk_is_exhausted_after_execute_steps_and_the_node_holds() -> None:
     scheduler = ChunkScheduler(execute_steps=3, blend_steps=0)
     assert scheduler.plan(0.0, 5) is None  # nothing submitted yet

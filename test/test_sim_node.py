@@ -171,3 +171,21 @@ def test_unknown_joint_and_wrong_sizes_are_rejected_and_nothing_moves(sim: Sim) 
         assert f"trajectory rejected: {reason}" in log, log
     status = sim.events("episode")[-1]
     assert status["rejected"] == 2 and status["accepted"] == 0
+
+
+def test_an_ended_episode_keeps_its_record(sim: Sim) -> None:
+    """After the time limit the arm is still simulated (a trajectory moves it), but the
+    episode's report stays as it was when it ended: what eval reads after pausing the policy
+    is the episode, not the seconds it took to pause."""
+    reset_t, start = sim.new_episode("lift_red", 7)
+    ended = sim.wait_for("episode", lambda e: e["done"], since=reset_t,
+                         timeout=SIM.episode_time_limit_s + 10.0)
+    assert ended["sim_time"] == pytest.approx(SIM.episode_time_limit_s, abs=0.06)
+    assert not ended["success"] and ended["accepted"] == 0
+    ack = sim.command("trajectory", joint_names=["robot0_joint1"],
+                      positions=[[start[0] + 0.2]], times=[0.5])
+    sim.wait_for("joints", lambda e: e["stamp"] > ack["t"] + 1.0, since=ack["t"])
+    assert sim.positions_after(ack["t"] + 0.8)[-1, 0] - start[0] == pytest.approx(0.2, abs=0.01)
+    status = sim.wait_for("episode", since=ack["t"] + 1.0)
+    keys = ("episode", "sim_time", "success", "done", "accepted", "rejected", "travel")
+    assert {k: status[k] for k in keys} == {k: ended[k] for k in keys}

@@ -105,18 +105,25 @@ class ChunkScheduler:
         usable = min(self.execute_steps, len(positions))
         self._pending = TimedChunk(positions, float(observation_time_s), float(dt), usable)
 
-    def plan(self, now_s: float, n_points: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def plan(self, now_s: float, n_points: int, min_lead_s: float = 0.0
+             ) -> tuple[np.ndarray, np.ndarray] | None:
         """Up to `n_points` future steps of the current chunk: (times_from_now [n] s,
-        positions [n, J]), or None when no chunk has an unexecuted step ahead (hold)."""
+        positions [n, J]), or None when no chunk has an unexecuted step ahead (hold).
+
+        Steps due within `min_lead_s` of now are left out: a trajectory that ends before the
+        controller receives it is refused, and the trajectory sent before already commands them.
+        """
         if n_points < 1:
             raise ValueError(f"n_points: expected >= 1, got {n_points}")
+        if not (math.isfinite(min_lead_s) and min_lead_s >= 0):
+            raise ValueError(f"min_lead_s: expected a finite time >= 0 s, got {min_lead_s}")
         if self._pending is not None:
             self._active = self._take_over(self._pending, now_s)
             self._pending = None
         chunk = self._active
         if chunk is None:
             return None
-        ahead = np.flatnonzero(chunk.times()[: chunk.usable] > now_s)[:n_points]
+        ahead = np.flatnonzero(chunk.times()[: chunk.usable] > now_s + min_lead_s)[:n_points]
         if ahead.size == 0:
             return None
         return chunk.times()[ahead] - now_s, chunk.positions[ahead].copy()

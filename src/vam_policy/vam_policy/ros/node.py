@@ -313,7 +313,7 @@ class VAMPolicyNode(Node):
         if not self._run.running.is_set() or joints is None:
             return
         with self._chunk_lock:
-            plan = self._scheduler.plan(now_ns / 1e9, s.trajectory_points)
+            plan = self._scheduler.plan(now_ns / 1e9, s.trajectory_points, s.min_point_lead_s)
             if plan is None:
                 return
             times, positions = plan

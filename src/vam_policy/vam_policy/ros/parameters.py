@@ -280,6 +280,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("trajectory_points", _T.INTEGER, 5, "points",
           "Future chunk steps sent in each published trajectory.", read_only=False,
           minimum=1, maximum=1000),
+    _spec("min_point_lead_s", _T.DOUBLE, 0.02, "s",
+          "Chunk steps due sooner than this are left out of a trajectory: they could be past "
+          "when the controller receives it, and a trajectory that ends in the past is refused.",
+          read_only=False, minimum=0.0),
     _spec("execute_steps", _T.INTEGER, 5, "steps",
           "Steps of each chunk executed before it counts as used up (the node then holds "
           "until a newer chunk arrives).", read_only=False, minimum=1),
@@ -336,6 +340,7 @@ class NodeSettings:
     instruction: str
     control_rate_hz: float
     trajectory_points: int
+    min_point_lead_s: float
     execute_steps: int
     replan_steps: int
     blend_steps: int

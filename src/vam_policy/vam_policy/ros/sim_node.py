@@ -82,7 +82,8 @@ class _Sample:
 
 @dataclass(frozen=True)
 class _Episode:
-    """What EpisodeStatus reports; replaced as a whole under the node's lock."""
+    """What EpisodeStatus reports; replaced as a whole under the node's lock, and final once
+    done (the arm goes on holding its command until the next reset, outside the record)."""
 
     number: int
     task: str
@@ -249,15 +250,15 @@ class SimNode(Node):
             stamp_ns = self._now_ns()
             self._steps.append((time.monotonic(), observation.time))
             episode = self._episode
-            success = episode.success or self._arm.success()
-            self._episode = replace(
-                episode, sim_time_s=observation.time, success=success,
-                done=success or self._arm.truncated,
-                travel_rad=episode.travel_rad + float(np.abs(
-                    observation.joint_positions - before.joint_positions).sum()),
-            )
-            changed = (self._episode.success, self._episode.done) != (episode.success,
-                                                                      episode.done)
+            if not episode.done:
+                success = self._arm.success()
+                self._episode = replace(
+                    episode, sim_time_s=observation.time, success=success,
+                    done=success or self._arm.truncated,
+                    travel_rad=episode.travel_rad + float(np.abs(
+                        observation.joint_positions - before.joint_positions).sum()),
+                )
+            changed = self._episode.done != episode.done
         # Rendering takes most of a step: outside the lock, trajectories and publishers need not
         # wait for it (only this thread touches the simulation).
         images = self._arm.render()
@@ -306,9 +307,10 @@ class SimNode(Node):
                                         now_ns / 1e9)
             except TrajectoryError as refused:
                 error = refused
-            counter = "rejected" if error else "accepted"
-            self._episode = replace(self._episode,
-                                    **{counter: getattr(self._episode, counter) + 1})
+            if not self._episode.done:
+                counter = "rejected" if error else "accepted"
+                self._episode = replace(self._episode,
+                                        **{counter: getattr(self._episode, counter) + 1})
         # Throttled per kind of reason (numbers such as ages differ from message to message).
         if error is not None and self._due(re.sub(r"[0-9.]+", "#", str(error))):
             self.get_logger().error(f"trajectory rejected: {error}")
