@@ -3,6 +3,7 @@ checkpoint with real MuJoCo physics."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,8 +17,9 @@ import torch
 from conftest import REPO_ROOT
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.model.policy_config import policy_preset
-from vam_policy.ros.parameters import load_parameters_file
-from vam_policy.sim.arm import Observation
+from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
+from vam_policy.ros.sim_parameters import load_sim_settings
+from vam_policy.sim.arm import Observation, SimArm
 from vam_policy.sim.diagnose import (
     REACH_TOLERANCE_M,
     ChunkFollower,
@@ -25,6 +27,7 @@ from vam_policy.sim.diagnose import (
     nearest_cube,
     summarize,
 )
+from vam_policy.sim.node_loop import NodeLoop
 from vam_policy.sim.scene import CUBE_COLORS
 
 PROFILE = REPO_ROOT / "config" / "sim_panda.yaml"
@@ -79,6 +82,49 @@ def test_follower_plays_each_chunk_on_its_time_grid_then_replans(policy: VAMPoli
                                atol=1e-6)
     with pytest.raises(ValueError, match="replan_steps"):
         ChunkFollower(policy, INSTRUCTION, replan_steps=cfg.horizon + 1, seed=0)
+
+
+def test_node_loop_runs_the_nodes_timing_and_safety_filter(policy: VAMPolicy) -> None:
+    """The node's loop on the sim's clock, with a random policy sampling wild chunks: the arm
+    holds its start until the first chunk arrives (the history spans the model's frames, then
+    the inference latency), chunks start from frames replan_steps * action_dt apart, every
+    command moves within the profile's velocity limits, and a rerun is identical."""
+    sim = load_sim_settings(PROFILE)
+    node = dataclasses.replace(settings_from_parameters(load_parameters_file(PROFILE)),
+                               noise_scale=1.0)
+    cfg, latency, period = policy.config, 0.3, 1.0 / sim.control_rate_hz
+
+    def rollout(arm: SimArm) -> tuple[np.ndarray, NodeLoop, list[tuple[float, np.ndarray]]]:
+        observation = arm.reset("lift_red", 1000)
+        start = np.r_[observation.joint_positions, observation.gripper_opening]
+        loop = NodeLoop(arm, policy, INSTRUCTION, node, sim.camera_rate_hz, latency, seed=3)
+        commands = []
+        while observation.time < 4.0:
+            loop.observe(observation)
+            command = loop.command(observation)
+            commands.append((observation.time + period,
+                             np.r_[command.joint_targets, command.gripper]))
+            observation = arm.apply(command)
+        return start, loop, commands
+
+    with SimArm(sim.arm_config()) as arm:
+        start, loop, commands = rollout(arm)
+        _, again, repeated = rollout(arm)
+    assert len(loop.arrivals) >= 2 and loop.fault is None
+    stamps, arrivals = np.array(loop.arrivals).T
+    assert stamps[0] >= (cfg.history_frames - 1) / cfg.fps - 1e-6  # first frame stamped 0
+    assert np.all((arrivals - stamps >= latency - 1e-9) & (arrivals - stamps < latency + period))
+    assert np.all(np.diff(stamps) >= node.replan_steps * cfg.action_dt - 1e-3)
+    times = np.array([t for t, _ in commands])
+    targets = np.stack([target for _, target in commands])
+    np.testing.assert_allclose(targets[times <= arrivals[0]], start[None].repeat(
+        int(np.sum(times <= arrivals[0])), axis=0), atol=1e-9)
+    assert np.abs(targets - start).max() > 0.05  # it moved
+    speed = np.abs(np.diff(targets, axis=0)) / period
+    limit = np.array(node.max_joint_velocity) * node.velocity_scaling
+    assert np.all(speed <= limit + 1e-6), (speed.max(axis=0), limit)
+    assert again.arrivals == loop.arrivals
+    np.testing.assert_array_equal(np.stack([t for _, t in repeated]), targets)
 
 
 def test_the_approached_cube_is_the_nearest_start() -> None:

@@ -60,6 +60,15 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="profile whose vam_sim_node section sets up the arm and whose "
                           "replan_steps and noise_scale the policy follows chunks with "
                           "(default %(default)s)")
+    diagnose.add_argument("--loop", choices=("chunks", "node"), default="chunks",
+                          help="chunks: follow each chunk on its time grid, as training labels "
+                          "it; node: the policy node's loop on the sim's clock (camera rate, "
+                          "inference latency, chunk scheduling, safety filter, the sim's "
+                          "trajectory controller; the profile's settings) (default "
+                          "%(default)s)")
+    diagnose.add_argument("--latency-s", type=float, default=0.2, metavar="S",
+                          help="with --loop node: simulated inference time, from an "
+                          "observation's frames to its chunk (default %(default)s)")
     diagnose.set_defaults(func=run_sim_diagnose)
 
 
@@ -91,25 +100,38 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
     from vam_policy.ros.sim_parameters import load_sim_settings
     from vam_policy.sim.arm import SimArm
-    from vam_policy.sim.diagnose import diagnose, markdown_table, summarize, write_report
+    from vam_policy.sim.diagnose import (
+        diagnose,
+        follow_chunks,
+        markdown_table,
+        summarize,
+        write_report,
+    )
+    from vam_policy.sim.node_loop import run_node_loop
     from vam_policy.sim.tasks import TASKS
 
     try:
         if args.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
         node = settings_from_parameters(load_parameters_file(args.profile))
-        replan_steps = max(1, node.replan_steps)
-        config = load_sim_settings(args.profile).arm_config()
+        sim = load_sim_settings(args.profile)
         policy = load_checkpoint(args.checkpoint).eval()
-        with SimArm(config) as arm:
-            episodes = diagnose(policy, arm, args.tasks or sorted(TASKS), args.episodes, args.seed,
-                                replan_steps, args.noise_draws, node.noise_scale)
+        if args.loop == "node":
+            run = {"loop": "node", "latency_s": args.latency_s, "profile": str(args.profile)}
+            drive = run_node_loop(policy, node, sim.camera_rate_hz, args.latency_s)
+        else:
+            replan_steps = max(1, node.replan_steps)
+            run = {"loop": "chunks", "replan_steps": replan_steps,
+                   "noise_scale": node.noise_scale}
+            drive = follow_chunks(policy, replan_steps, node.noise_scale)
+        with SimArm(sim.arm_config()) as arm:
+            episodes = diagnose(arm, drive, args.tasks or sorted(TASKS), args.episodes,
+                                args.seed, args.noise_draws)
     except (ValueError, KeyError, OSError) as error:
         print(f"vam sim diagnose: {error}", file=sys.stderr)
         return 2
     print(markdown_table(summarize(episodes)), end="")
     if args.out is not None:
-        for path in write_report(args.out, str(args.checkpoint), replan_steps,
-                                 node.noise_scale, episodes):
+        for path in write_report(args.out, str(args.checkpoint), run, episodes):
             print(f"wrote {path}")
     return 0

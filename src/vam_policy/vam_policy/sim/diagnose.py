@@ -23,17 +23,20 @@ A policy that fails alone but succeeds handed over does not find the named cube;
 both does not finish the task. Each layout can be rolled out under several noise draws (the
 flow-matching decoder's start noise, and the future frames' noise): a policy that has not
 learnt which cube the instruction names picks one by the noise, so one draw per layout says
-little about its success rate. `vam eval` measures the ROS path, with the node's timing, blending
-and safety filter, which this leaves out.
+little about its success rate.
+
+The `ChunkFollower` above leaves out the node's timing, blending and safety filter; the
+`NodeLoop` (`--loop node`, `sim/node_loop.py`) runs them on the sim's clock. `vam eval`
+measures the ROS path itself.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -50,6 +53,18 @@ from vam_policy.sim.tasks import get_task
 REACH_TOLERANCE_M = 0.02
 # Noise draw r of a layout seeds its chunks from seed + NOISE_DRAW_STRIDE * r.
 NOISE_DRAW_STRIDE = 100_000
+
+
+class Driver(Protocol):
+    """Drives the arm for a policy: sees every state, commands once it has taken over."""
+
+    def observe(self, observation: Observation) -> None: ...
+
+    def command(self, observation: Observation) -> Command: ...
+
+
+# Makes the driver of one rollout: (arm, instruction, seed of its noise) -> driver.
+DriverFactory = Callable[[SimArm, str, int], Driver]
 
 
 class ChunkFollower:
@@ -139,8 +154,8 @@ def _note_grip(notes: dict[str, np.ndarray], times: dict[str, float], arm: SimAr
             notes[mark] = grip_xy(arm)
 
 
-def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise_draw: int,
-                     replan_steps: int, noise_scale: float = 1.0) -> EpisodeDiagnosis:
+def diagnose_episode(arm: SimArm, drive: DriverFactory, task: str, seed: int,
+                     noise_draw: int) -> EpisodeDiagnosis:
     """Roll `task` at `seed` out alone and handed over (module docstring)."""
     # The expert alone, to the end of its reach: where the policy should be by then.
     observation = arm.reset(task, seed)
@@ -158,8 +173,7 @@ def diagnose_episode(arm: SimArm, policy: VAMPolicy, task: str, seed: int, noise
     for handover_s in (0.0, expert.approach_s):
         observation = arm.reset(task, seed)
         expert = make_expert(arm)
-        follower = ChunkFollower(policy, arm.task.instruction, replan_steps,
-                                 seed + NOISE_DRAW_STRIDE * noise_draw, noise_scale)
+        follower = drive(arm, arm.task.instruction, seed + NOISE_DRAW_STRIDE * noise_draw)
         policy_at: dict[str, np.ndarray] = {}
         while not arm.truncated and not arm.success():
             follower.observe(observation)
@@ -207,18 +221,25 @@ def summarize(episodes: Sequence[EpisodeDiagnosis]) -> list[dict[str, Any]]:
     return rows
 
 
-def diagnose(policy: VAMPolicy, arm: SimArm, tasks: Sequence[str], episodes: int,
-             first_seed: int, replan_steps: int, noise_draws: int = 1,
-             noise_scale: float = 1.0, progress: bool = True) -> list[EpisodeDiagnosis]:
+def follow_chunks(policy: VAMPolicy, replan_steps: int,
+                  noise_scale: float = 1.0) -> DriverFactory:
+    """Rollouts driven by a `ChunkFollower`."""
+    return lambda arm, instruction, seed: ChunkFollower(policy, instruction, replan_steps, seed,
+                                                        noise_scale)
+
+
+def diagnose(arm: SimArm, drive: DriverFactory, tasks: Sequence[str], episodes: int,
+             first_seed: int, noise_draws: int = 1,
+             progress: bool = True) -> list[EpisodeDiagnosis]:
     """`episodes` layouts of each task (seeds first_seed, first_seed + 1, ...), each under
-    `noise_draws` noise draws."""
+    `noise_draws` noise draws, driven by the drivers `drive` makes."""
     for task in tasks:
         get_task(task)  # a typo fails before any rollout
     if noise_draws < 1:
         raise ValueError(f"noise_draws must be at least 1, got {noise_draws}")
     runs = [(task, first_seed + k, draw) for task in tasks for k in range(episodes)
             for draw in range(noise_draws)]
-    return [diagnose_episode(arm, policy, task, seed, draw, replan_steps, noise_scale)
+    return [diagnose_episode(arm, drive, task, seed, draw)
             for task, seed, draw in tqdm(runs, desc="diagnose", unit="rollout",
                                          disable=not progress)]
 
@@ -240,12 +261,13 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, checkpoint: str, replan_steps: int, noise_scale: float,
+def write_report(out: Path, checkpoint: str, run: dict[str, Any],
                  episodes: Sequence[EpisodeDiagnosis]) -> tuple[Path, Path]:
-    """`diagnosis.json` (every layout and the summary) and `diagnosis.md` in `out`."""
+    """`diagnosis.json` (how it was `run`, every layout and the summary) and `diagnosis.md` in
+    `out`."""
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(episodes)
-    report = {"checkpoint": checkpoint, "replan_steps": replan_steps, "noise_scale": noise_scale,
+    report = {"checkpoint": checkpoint, **run,
               "reach_tolerance_m": REACH_TOLERANCE_M, "summary": rows,
               "episodes": [asdict(e) for e in episodes]}
     json_path, md_path = out / "diagnosis.json", out / "diagnosis.md"
