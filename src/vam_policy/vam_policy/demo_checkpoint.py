@@ -11,8 +11,8 @@ run of yours is read the same way:
 `scripts/train_demo_checkpoint` trains it with the demo's own code and writes training.json
 with this module's command line:
 
-    python -m vam_policy.demo_checkpoint models/sim_panda --dataset DATASET --demos 64 \\
-        --steps 12000 --script "..." --train-command "vam train idm ..." --commit COMMIT
+    python -m vam_policy.demo_checkpoint models/sim_panda --dataset DATASET --demos 128 \\
+        --steps 16000 --script "..." --train-command "vam train idm ..." --commit COMMIT
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def run_checkpoint_demo(plan: CheckpointPlan, out: Path, profile: Path,
     results. Raises DemoError, also when the shipped checkpoint is missing."""
     if not plan.checkpoint.is_dir():
         raise DemoError(f"no checkpoint at {plan.checkpoint}: make the one the project ships "
-                        "with scripts/train_demo_checkpoint (~100 min on 2 CPU cores), or run "
+                        "with scripts/train_demo_checkpoint (~130 min on 2 CPU cores), or run "
                         "the whole loop from scratch with `vam demo --train`")
     started = time.monotonic()
     run = plan.checkpoint.parent
