@@ -201,14 +201,15 @@ def test_instruction_by_service_and_topic_shows_in_status(robot: Robot) -> None:
 
 def test_runtime_parameter_changes_are_checked_and_applied(robot: Robot) -> None:
     """execute_steps applies to the next chunks (re-planning from every frame, so that a chunk
-    of 2 steps is followed by the next); read-only and out-of-range values are rejected with
-    the reason."""
+    of 3 steps is followed by the next: its first step lies in the past by the inference time,
+    its second at most 0.1 s ahead); read-only and out-of-range values are rejected with the
+    reason."""
     robot.ensure_running()
-    reply = robot.command("set_params", params={"execute_steps": 2, "replan_steps": 0})
+    reply = robot.command("set_params", params={"execute_steps": 3, "replan_steps": 0})
     assert reply["results"] == [{"successful": True, "reason": ""}] * 2
     time.sleep(1.0)
     short = robot.events("trajectory", since=reply["t"] + 0.5)
-    assert short and all(len(e["positions"]) <= 2 for e in short)
+    assert short and all(len(e["positions"]) <= 3 for e in short)
 
     rejected = {
         "joint_names": (["a", "b"], "read-only"),
@@ -222,7 +223,7 @@ def test_runtime_parameter_changes_are_checked_and_applied(robot: Robot) -> None
     reply = robot.command("set_params", params={"execute_steps": 8, "velocity_scaling": 0.5})
     assert all(r["successful"] for r in reply["results"]), reply
     time.sleep(1.0)
-    assert max(len(e["positions"]) for e in robot.events("trajectory", since=reply["t"])) > 2
+    assert max(len(e["positions"]) for e in robot.events("trajectory", since=reply["t"])) > 3
 
 
 def test_replan_steps_spaces_the_observations_chunks_start_from(robot: Robot) -> None:
