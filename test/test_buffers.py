@@ -1,4 +1,5 @@
-"""The node's shared state without ROS: observation buffers, watchdog, run state, rate meter."""
+"""The node's shared state without ROS: observation buffers, watchdog, run state, rate meter,
+and when the inference worker replans."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from vam_policy.ros.buffers import (
     history_capacity,
     stale_input,
 )
+from vam_policy.ros.inference import replan_after_ns
 
 S = 1_000_000_000  # ns per second
 T0 = 1_700_000_000 * S
@@ -127,6 +129,15 @@ def test_wait_for_frames_after_wakes_on_a_newer_frame_from_another_thread() -> N
     assert not buffers.wait_for_frames_after(T0, timeout_s=0.01)
     threading.Timer(0.05, buffers.push_frame, (0, T0 + S // 1000, frame(1))).start()
     assert buffers.wait_for_frames_after(T0, timeout_s=5.0)
+
+
+def test_replanning_waits_for_frames_replan_steps_newer_less_a_millisecond() -> None:
+    assert replan_after_ns(T0, 2, 0.1) == T0 + 199_000_000
+    assert replan_after_ns(T0, 0, 0.1) == T0  # any newer frame
+    buffers = ObservationBuffers(cameras=1, capacity=8)
+    buffers.push_frame(0, T0 + 199_500_000, frame(1))  # half a millisecond early: on time
+    assert buffers.wait_for_frames_after(replan_after_ns(T0, 2, 0.1), timeout_s=0.0)
+    assert not buffers.wait_for_frames_after(replan_after_ns(T0, 3, 0.1), timeout_s=0.0)
 
 
 def test_history_capacity_reaches_back_at_the_fastest_supported_camera() -> None:

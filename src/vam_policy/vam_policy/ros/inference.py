@@ -85,6 +85,13 @@ class InferenceResult:
     epoch: int
 
 
+def replan_after_ns(last_stamp_ns: int, replan_steps: int, action_dt: float) -> int:
+    """The stamp the next observation's frames must be newer than, after one stamped
+    `last_stamp_ns`: `replan_steps` chunk steps on, less a millisecond (a frame stamped that
+    close to the replan time counts as on time)."""
+    return last_stamp_ns + max(0, round(replan_steps * action_dt * 1e9) - 10**6)
+
+
 class InferenceWorker:
     """Loops while the node runs: newest observation -> policy.predict -> `on_result`.
 
@@ -139,8 +146,8 @@ class InferenceWorker:
             settings = self._settings()
             after_ns = last_stamp_ns
             if last_stamp_ns is not None and last_epoch == self._epoch():
-                # A frame stamped within a millisecond of the replan time counts as on time.
-                after_ns += max(0, round(settings.replan_steps * config.action_dt * 1e9) - 10**6)
+                after_ns = replan_after_ns(last_stamp_ns, settings.replan_steps,
+                                           config.action_dt)
             if not self._buffers.wait_for_frames_after(after_ns, timeout_s=0.1):
                 continue
             try:

@@ -104,20 +104,19 @@ class NodeLoop:
 
     def command(self, observation: Observation) -> Command:
         """The node's events up to the next physics step, then that step's command."""
-        now = observation.time - self._period_s
-        end = now + self._period_s
-        if self._next_control_s is None:  # take over, holding the measured state
+        if self._next_control_s is None:  # take over at the state's stamp, holding it
             measured = self._buffers.newest_joints()
             assert measured is not None, "observe the state before commanding"
-            self._executor.reset(measured.positions, now)
-            self._next_control_s = now + self._control_period_s
-            self._free_at = now
+            stamp = observation.time - self._period_s
+            self._executor.reset(measured.positions, stamp)
+            self._next_control_s = stamp + self._control_period_s
+            self._free_at = stamp
         while True:
             start = self._inference_start()
             events = [(self._pending[0] if self._pending else math.inf, 0),
                       (start, 1), (self._next_control_s, 2)]
             at, kind = min(events)
-            if at > end + 1e-9:
+            if at > observation.time + 1e-9:
                 break
             if kind == 0:
                 self._arrive()
