@@ -122,6 +122,16 @@ def test_limit_arrays_must_have_one_value_per_joint() -> None:
     assert "max_joint_velocity: expected 2 values" in message and "got 3" in message
 
 
+def test_max_step_from_current_is_one_value_for_all_joints_or_one_per_joint() -> None:
+    assert settings_from_parameters(_minimal()).max_step_from_current == (0.5, 0.5)
+    both = settings_from_parameters(_minimal(max_step_from_current=[0.4]))
+    assert both.max_step_from_current == (0.4, 0.4)
+    each = settings_from_parameters(_minimal(max_step_from_current=[0.4, 1.0]))
+    assert each.max_step_from_current == (0.4, 1.0)
+    message = _problems(max_step_from_current=[0.4, 0.4, 1.0])
+    assert "max_step_from_current: expected 1 value or 2" in message and "got 3" in message
+
+
 def test_lower_limit_must_be_below_upper() -> None:
     message = _problems(joint_position_lower=[-1.0, 2.0])
     assert "b: lower 2.0 must be < upper 2.0" in message

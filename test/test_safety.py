@@ -172,6 +172,23 @@ def test_targets_far_from_the_arm_are_held_within_reach() -> None:
     assert out.positions[0, 1] == pytest.approx(-0.05) and "distance" in out.adjusted
 
 
+def test_a_gripper_closed_on_an_object_may_be_opened_again() -> None:
+    """Fingers held short of their command by a cube are no blocked arm: with the gripper's
+    whole range as its max_step_from_current, re-opening passes while the arm joint's own
+    bound still latches a fault."""
+    limits = _limits(lower=[-1.0, 0.0], upper=[1.0, 1.0], max_velocity=[1.0, 3.0],
+                     max_acceleration=[10.0, 16.0], max_step_from_current=[0.5, 1.0])
+    held = np.array([0.0, 0.49])  # commanded open (1.0), stopped by the cube at 0.49
+    out = filter_targets(np.array([[0.0, 1.0]] * 5), held, 0.1, limits,
+                         start=np.array([0.0, 1.0]), start_velocity=np.zeros(2))
+    assert np.allclose(out.positions[:, 1], 1.0) and out.positions.shape == (5, 2)
+    with pytest.raises(UnsafeTargetsError, match=r"'a'.*0.5 rad apart"):
+        filter_targets(np.zeros((5, 2)), held, 0.1, limits, start=np.array([0.6, 1.0]))
+    with pytest.raises(UnsafeTargetsError, match=r"'b'.*0.5 rad apart"):
+        filter_targets(np.zeros((5, 2)), held, 0.1, _limits(lower=[-1.0, 0.0],
+                       upper=[1.0, 1.0]), start=np.array([0.0, 1.0]))
+
+
 def test_braking_reaches_the_limit_in_near_minimum_time_and_rests_there() -> None:
     """The braking reserve must be tight: a timid one would crawl towards the limit."""
     limits = SafetyLimits([-5.0], [1.0], [10.0], [2.0], 10.0)
@@ -249,6 +266,8 @@ def test_inconsistent_limits_are_refused() -> None:
         _limits(max_velocity=[1.0])
     with pytest.raises(ValueError, match="max_step_from_current"):
         _limits(max_step_from_current=0.0)
+    with pytest.raises(ValueError, match="max_step_from_current"):
+        _limits(max_step_from_current=[0.5, 0.5, 0.5])
 
 
 def test_targets_continue_the_command_the_arm_lags_behind() -> None:

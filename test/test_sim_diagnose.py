@@ -24,6 +24,7 @@ from vam_policy.sim.diagnose import (
     REACH_TOLERANCE_M,
     ChunkFollower,
     EpisodeDiagnosis,
+    markdown_table,
     nearest_cube,
     summarize,
 )
@@ -142,14 +143,15 @@ def test_summary_rates_errors_and_tolerance() -> None:
     within the tolerance on both axes."""
     episodes = [
         EpisodeDiagnosis("lift_red", 1000, 0, False, True, 1.6, (-0.10, 0.01), 2.6, (0.0, 0.04),
-                         "green"),
+                         "green", (0.09, 0.02), "safety filter: joint 'robot0_gripper' ..."),
         EpisodeDiagnosis("lift_red", 1000, 1, True, True, 1.6, (0.01, -0.015), 2.6, (0.0, 0.0),
-                         "red"),
+                         "red", (0.09, 0.02)),
         EpisodeDiagnosis("push_red_left", 1000, 0, False, False, 2.4, (0.0, 0.03), 3.4,
-                         (0.01, 0.01), "red"),
+                         (0.01, 0.01), "red", (-0.13, -0.05)),
     ]
     rows = {row["task"]: row for row in summarize(episodes)}
     assert list(rows) == ["lift_red", "push_red_left", "all"]
+    assert rows["lift_red"]["safety_faults"] == 0.5 and rows["all"]["safety_faults"] == 1 / 3
     lift = rows["lift_red"]
     assert (lift["rollouts"], lift["success"], lift["success_handed_over"]) == (2, 0.5, 1.0)
     assert lift["approach_error_x_m"] == pytest.approx(0.055)
@@ -164,6 +166,15 @@ def test_summary_rates_errors_and_tolerance() -> None:
     assert rows["all"]["reach_within_tolerance"] == pytest.approx(2 / 3)
     assert rows["all"]["success"] == pytest.approx(1 / 3)
     assert REACH_TOLERANCE_M == 0.02
+
+    by_row = {row["row"]: row for row in summarize(episodes, by="row")}
+    assert list(by_row) == ["row x +0.095 m", "row x -0.135 m", "all"]
+    assert (by_row["row x +0.095 m"]["rollouts"], by_row["row x +0.095 m"]["success"]) == (2, 0.5)
+    assert by_row["row x -0.135 m"]["success"] == 0.0
+    table = markdown_table(summarize(episodes, by="row"))
+    assert table.startswith("| row | rollouts |") and "| row x +0.095 m | 2 | 50% |" in table
+    with pytest.raises(ValueError, match="by must be"):
+        summarize(episodes, by="seed")
 
 
 def _diagnose(*args: str) -> subprocess.CompletedProcess:
@@ -189,7 +200,11 @@ def test_diagnose_the_shipped_checkpoint(tmp_path: Path) -> None:
                for e in report["episodes"])
     assert all(e["approached_cube"] in CUBE_COLORS for e in report["episodes"])
     assert report["replan_steps"] == max(1, load_parameters_file(PROFILE).get("replan_steps", 0))
-    assert "| lift_red | 2 |" in (tmp_path / "diagnosis.md").read_text()
+    assert all(e["fault"] is None for e in report["episodes"])  # chunks: no safety filter
+    # lift_red at seed 1000 starts in the row nearest the robot
+    assert [row["row"] for row in report["summary_by_row"]] == ["row x -0.135 m"]
+    markdown = (tmp_path / "diagnosis.md").read_text()
+    assert "| lift_red | 2 |" in markdown and "| row x -0.135 m | 2 |" in markdown
 
     missing = _diagnose("--checkpoint", str(tmp_path / "nothing"), "--episodes", "1")
     assert missing.returncode == 2

@@ -238,9 +238,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     _spec("max_joint_acceleration", _T.DOUBLE_ARRAY, None, "rad/s^2",
           "Acceleration limit of each joint, enforced by the safety filter.", read_only=True,
           minimum=0.0, minimum_exclusive=True),
-    _spec("max_step_from_current", _T.DOUBLE, 0.5, "rad",
-          "Largest distance of any published target from the measured joint position.",
-          read_only=True, minimum=0.0, minimum_exclusive=True),
+    _spec("max_step_from_current", _T.DOUBLE_ARRAY, (0.5,), "rad",
+          "Largest distance of any published target from the measured position of each joint "
+          "(one value for every joint, or one per joint); a commanded position further from "
+          "the measured one latches a fault.", read_only=True, minimum=0.0,
+          minimum_exclusive=True),
     _spec("velocity_scaling", _T.DOUBLE, 1.0, "",
           "Factor on max_joint_velocity, e.g. 0.25 for a first run on a new robot.",
           read_only=False, minimum=0.0, maximum=1.0, minimum_exclusive=True),
@@ -312,7 +314,8 @@ class NodeSettings:
     """Validated node parameters (field names = parameter names; see PARAMETERS for units).
 
     Construction validates every field and the relations between them, so a NodeSettings is
-    always usable; `camera_compressed` is expanded to one value per camera.
+    always usable; `camera_compressed` is expanded to one value per camera and
+    `max_step_from_current` to one per joint.
     """
 
     checkpoint: str
@@ -326,7 +329,7 @@ class NodeSettings:
     joint_position_upper: tuple[float, ...]
     max_joint_velocity: tuple[float, ...]
     max_joint_acceleration: tuple[float, ...]
-    max_step_from_current: float
+    max_step_from_current: tuple[float, ...]
     velocity_scaling: float
     camera_topics: tuple[str, ...]
     camera_compressed: tuple[bool, ...]
@@ -363,6 +366,10 @@ class NodeSettings:
             object.__setattr__(
                 self, "camera_compressed", self.camera_compressed * len(self.camera_topics)
             )
+        if len(self.max_step_from_current) == 1:
+            object.__setattr__(
+                self, "max_step_from_current", self.max_step_from_current * len(self.joint_names)
+            )
 
     def _relation_problems(self) -> list[str]:
         problems = []
@@ -375,6 +382,11 @@ class NodeSettings:
                     f"{name}: expected {len(joints)} values (one per joint in joint_names), "
                     f"got {len(values)}"
                 )
+        if len(self.max_step_from_current) not in (1, len(joints)):
+            problems.append(
+                f"max_step_from_current: expected 1 value or {len(joints)} (one per joint in "
+                f"joint_names), got {len(self.max_step_from_current)}"
+            )
         if not problems:
             problems.extend(
                 f"joint_position_lower/upper: {joint}: lower {lo} must be < upper {hi}"

@@ -36,14 +36,15 @@ class SafetyLimits:
     """Per-joint limits in the order of the robot profile's joint_names.
 
     lower/upper [J] rad, max_velocity [J] rad/s, max_acceleration [J] rad/s^2,
-    max_step_from_current rad. Arrays are stored as read-only float64 copies.
+    max_step_from_current [J] rad (a single value applies to every joint). Arrays are stored
+    as read-only float64 copies.
     """
 
     lower: np.ndarray
     upper: np.ndarray
     max_velocity: np.ndarray
     max_acceleration: np.ndarray
-    max_step_from_current: float
+    max_step_from_current: np.ndarray | float
     joint_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -66,9 +67,13 @@ class SafetyLimits:
             raise ValueError(f"SafetyLimits: lower {self.lower} must be < upper {self.upper}")
         if not (np.all(self.max_velocity > 0) and np.all(self.max_acceleration > 0)):
             raise ValueError("SafetyLimits: max_velocity and max_acceleration must be > 0")
-        step = float(self.max_step_from_current)
-        if not (np.isfinite(step) and step > 0):
-            raise ValueError(f"SafetyLimits.max_step_from_current: expected > 0, got {step}")
+        step = np.array(self.max_step_from_current, dtype=np.float64)
+        if step.ndim == 0:
+            step = np.full(self.lower.size, float(step))
+        if step.shape != self.lower.shape or not np.all(np.isfinite(step) & (step > 0)):
+            raise ValueError(f"SafetyLimits.max_step_from_current: expected one value > 0, or "
+                             f"one per joint, got {step!r}")
+        step.setflags(write=False)
         object.__setattr__(self, "max_step_from_current", step)
 
     @classmethod
@@ -164,8 +169,8 @@ def filter_targets(
         j = int(apart[0])
         raise UnsafeTargetsError(
             f"joint {limits.joint_label(j)} is commanded at {origin[j]:.4f} rad but measured at "
-            f"{current[j]:.4f} rad, more than max_step_from_current {reach:g} rad apart: the arm "
-            "does not follow its commands (blocked, or its controller is not running)"
+            f"{current[j]:.4f} rad, more than max_step_from_current {reach[j]:g} rad apart: the "
+            "arm does not follow its commands (blocked, or its controller is not running)"
         )
     box_lo, box_hi = limits.lower, limits.upper
     low = np.maximum(box_lo, current - reach)

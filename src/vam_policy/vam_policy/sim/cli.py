@@ -130,7 +130,8 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, OSError) as error:
         print(f"vam sim diagnose: {error}", file=sys.stderr)
         return 2
-    print(markdown_table(summarize(episodes)), end="")
+    print(markdown_table(summarize(episodes)))
+    print(markdown_table(summarize(episodes, by="row")), end="")
     if args.out is not None:
         for path in write_report(args.out, str(args.checkpoint), run, episodes):
             print(f"wrote {path}")

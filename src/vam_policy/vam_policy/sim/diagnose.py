@@ -19,6 +19,10 @@ as 1) with the profile's `noise_scale`. Each layout runs twice:
   cannot place it precisely misses the named cube by a few cm.
 - handed over: the expert drives until the end of its approach, then the policy.
 
+The report groups the layouts by task, and again by the row the named cube started in (its
+depth x from the robot: a policy that places cubes imprecisely often misses one row more than
+the others), and counts the rollouts a latched safety fault stopped (`--loop node`).
+
 A policy that fails alone but succeeds handed over does not find the named cube; one that fails
 both does not finish the task. Each layout can be rolled out under several noise draws (the
 flow-matching decoder's start noise, and the future frames' noise): a policy that has not
@@ -46,7 +50,7 @@ from vam_policy.model.policy import VAMPolicy
 from vam_policy.model.transforms import FrameHistory
 from vam_policy.sim.arm import Command, Observation, SimArm
 from vam_policy.sim.experts import make_expert
-from vam_policy.sim.tasks import get_task
+from vam_policy.sim.tasks import ROW_X, get_task
 
 # Within this distance of the expert's grip site at the end of its approach, a lift still
 # succeeds (measured with the expert aimed at wrongly placed cubes: 2 cm across the table).
@@ -56,7 +60,11 @@ NOISE_DRAW_STRIDE = 100_000
 
 
 class Driver(Protocol):
-    """Drives the arm for a policy: sees every state, commands once it has taken over."""
+    """Drives the arm for a policy: sees every state, commands once it has taken over.
+
+    `fault`: why its safety filter stopped commanding for the rest of the rollout, or None."""
+
+    fault: str | None
 
     def observe(self, observation: Observation) -> None: ...
 
@@ -84,6 +92,7 @@ class ChunkFollower:
         self._history = FrameHistory()
         self._chunk: TimedChunk | None = None
         self._chunks = 0
+        self.fault: str | None = None  # no safety filter here
 
     def observe(self, observation: Observation) -> None:
         """Add the camera frame. The first one also stands for the still scene before it, as
@@ -126,11 +135,19 @@ class EpisodeDiagnosis:
     reach_s: float
     reach_error_m: tuple[float, float]  # policy - expert grip site at reach_s: x, y
     approached_cube: str  # colour of the cube nearest the policy's grip site at approach_s
+    cube_xy: tuple[float, float]  # where the named cube started: world x (its row), y
+    fault: str | None = None  # the safety fault that stopped the policy alone, if one did
 
     @property
     def approached_named_cube(self) -> bool:
         """Whether the policy alone went to the cube its instruction names."""
         return self.approached_cube == get_task(self.task).cube
+
+    @property
+    def row(self) -> str:
+        """The row the named cube started in, by its x (depth from the robot)."""
+        nearest = min(ROW_X, key=lambda x: abs(x - self.cube_xy[0]))
+        return f"row x {nearest:+.3f} m"
 
 
 MARKS = ("approach", "reach")  # the moments of the expert's plan the errors are taken at
@@ -173,6 +190,7 @@ def diagnose_episode(arm: SimArm, drive: DriverFactory, task: str, seed: int,
     for handover_s in (0.0, expert.approach_s):
         observation = arm.reset(task, seed)
         expert = make_expert(arm)
+        named = arm.cube_positions()[arm.task.cube]
         follower = drive(arm, arm.task.instruction, seed + NOISE_DRAW_STRIDE * noise_draw)
         policy_at: dict[str, np.ndarray] = {}
         while not arm.truncated and not arm.success():
@@ -184,32 +202,38 @@ def diagnose_episode(arm: SimArm, drive: DriverFactory, task: str, seed: int,
                 observation = arm.apply(follower.command(observation))
         for mark in times:  # solved before the expert would have got there
             policy_at.setdefault(mark, grip_xy(arm))
-        results.append((arm.success(), policy_at))
-    (alone, policy_at), (handed_over, _) = results
+        results.append((arm.success(), policy_at, follower.fault))
+    (alone, policy_at, fault), (handed_over, _, _) = results
     approach, reach = (policy_at[mark] - expert_at[mark] for mark in MARKS)
     return EpisodeDiagnosis(task, seed, noise_draw, alone, handed_over,
                             expert.approach_s, (float(approach[0]), float(approach[1])),
                             expert.reach_s, (float(reach[0]), float(reach[1])),
-                            nearest_cube(cubes, policy_at["approach"]))
+                            nearest_cube(cubes, policy_at["approach"]),
+                            (float(named[0]), float(named[1])), fault)
 
 
-def summarize(episodes: Sequence[EpisodeDiagnosis]) -> list[dict[str, Any]]:
-    """Per task (in first-seen order) and over all: success alone and handed over, the share
-    of approaches to the named cube, and for the approach and the reach the mean absolute error
-    along x and y and the share within tolerance."""
+def summarize(episodes: Sequence[EpisodeDiagnosis], by: str = "task") -> list[dict[str, Any]]:
+    """Per group (`by` "task" or "row" of the named cube, in sorted order) and over all:
+    success alone and handed over, the share of approaches to the named cube, of rollouts a
+    safety fault stopped, and for the approach and the reach the mean absolute error along x
+    and y and the share within tolerance."""
+    if by not in ("task", "row"):
+        raise ValueError(f"by must be 'task' or 'row', got {by!r}")
     groups: dict[str, list[EpisodeDiagnosis]] = {}
     for episode in episodes:
-        groups.setdefault(episode.task, []).append(episode)
+        groups.setdefault(getattr(episode, by), []).append(episode)
+    groups = dict(sorted(groups.items()))
     if len(groups) > 1:
         groups["all"] = list(episodes)
     rows = []
-    for task, group in groups.items():
+    for name, group in groups.items():
         row: dict[str, Any] = {
-            "task": task,
+            by: name,
             "rollouts": len(group),
             "success": float(np.mean([e.success for e in group])),
             "success_handed_over": float(np.mean([e.success_handed_over for e in group])),
             "approached_named_cube": float(np.mean([e.approached_named_cube for e in group])),
+            "safety_faults": float(np.mean([e.fault is not None for e in group])),
         }
         for mark in MARKS:
             errors = np.abs(np.array([getattr(e, f"{mark}_error_m") for e in group]))  # [N, 2]
@@ -245,14 +269,16 @@ def diagnose(arm: SimArm, drive: DriverFactory, tasks: Sequence[str], episodes: 
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The summary as a Markdown table (errors in cm, x / y)."""
-    lines = ["| task | rollouts | success | success, expert approach first "
-             "| approached the named cube | approach error (cm) | approaches within 2 cm "
-             "| reach error (cm) | reaches within 2 cm |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """A summary as a Markdown table (errors in cm, x / y); its first column is the grouping."""
+    by = next(iter(rows[0])) if rows else "task"
+    lines = [f"| {by} | rollouts | success | success, expert approach first "
+             "| approached the named cube | safety faults | approach error (cm) "
+             "| approaches within 2 cm | reach error (cm) | reaches within 2 cm |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        cells = [row["task"], str(row["rollouts"]), f"{row['success']:.0%}",
-                 f"{row['success_handed_over']:.0%}", f"{row['approached_named_cube']:.0%}"]
+        cells = [row[by], str(row["rollouts"]), f"{row['success']:.0%}",
+                 f"{row['success_handed_over']:.0%}", f"{row['approached_named_cube']:.0%}",
+                 f"{row['safety_faults']:.0%}"]
         for mark in MARKS:
             cells += [f"{100 * row[f'{mark}_error_x_m']:.1f} / "
                       f"{100 * row[f'{mark}_error_y_m']:.1f}",
@@ -266,11 +292,13 @@ def write_report(out: Path, checkpoint: str, run: dict[str, Any],
     """`diagnosis.json` (how it was `run`, every layout and the summary) and `diagnosis.md` in
     `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = summarize(episodes)
+    rows, by_row = summarize(episodes), summarize(episodes, by="row")
     report = {"checkpoint": checkpoint, **run,
-              "reach_tolerance_m": REACH_TOLERANCE_M, "summary": rows,
+              "reach_tolerance_m": REACH_TOLERANCE_M, "summary": rows, "summary_by_row": by_row,
               "episodes": [asdict(e) for e in episodes]}
     json_path, md_path = out / "diagnosis.json", out / "diagnosis.md"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(f"# Diagnosis of `{checkpoint}`\n\n{markdown_table(rows)}")
+    md_path.write_text(f"# Diagnosis of `{checkpoint}`\n\n{markdown_table(rows)}\n"
+                       f"By the row the named cube started in (x: depth from the robot):\n\n"
+                       f"{markdown_table(by_row)}")
     return json_path, md_path
