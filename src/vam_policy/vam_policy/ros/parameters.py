@@ -309,6 +309,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 SPECS: Mapping[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
 
 
+# Array parameters that take one value for every item of another, or one per item:
+# name -> (the parameter listing the items, what "one per item" says in an error).
+_ONE_OR_EACH = {
+    "max_step_from_current": ("joint_names", "one per joint in joint_names"),
+    "camera_compressed": ("camera_topics", "one per camera topic"),
+}
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """Validated node parameters (field names = parameter names; see PARAMETERS for units).
@@ -362,14 +370,10 @@ class NodeSettings:
             problems = self._relation_problems()
         if problems:
             raise ParameterError(problems)
-        if len(self.camera_compressed) == 1:
-            object.__setattr__(
-                self, "camera_compressed", self.camera_compressed * len(self.camera_topics)
-            )
-        if len(self.max_step_from_current) == 1:
-            object.__setattr__(
-                self, "max_step_from_current", self.max_step_from_current * len(self.joint_names)
-            )
+        for name, (items, _) in _ONE_OR_EACH.items():
+            values = getattr(self, name)
+            if len(values) == 1:
+                object.__setattr__(self, name, values * len(getattr(self, items)))
 
     def _relation_problems(self) -> list[str]:
         problems = []
@@ -382,11 +386,6 @@ class NodeSettings:
                     f"{name}: expected {len(joints)} values (one per joint in joint_names), "
                     f"got {len(values)}"
                 )
-        if len(self.max_step_from_current) not in (1, len(joints)):
-            problems.append(
-                f"max_step_from_current: expected 1 value or {len(joints)} (one per joint in "
-                f"joint_names), got {len(self.max_step_from_current)}"
-            )
         if not problems:
             problems.extend(
                 f"joint_position_lower/upper: {joint}: lower {lo} must be < upper {hi}"
@@ -395,12 +394,11 @@ class NodeSettings:
                 )
                 if not lo < hi
             )
-        cameras = self.camera_topics
-        if len(self.camera_compressed) not in (1, len(cameras)):
-            problems.append(
-                f"camera_compressed: expected 1 value or {len(cameras)} (one per camera topic), "
-                f"got {len(self.camera_compressed)}"
-            )
+        for name, (items, each) in _ONE_OR_EACH.items():
+            count, values = len(getattr(self, items)), getattr(self, name)
+            if len(values) not in (1, count):
+                problems.append(f"{name}: expected 1 value or {count} ({each}), "
+                                f"got {len(values)}")
         return problems
 
     def to_parameters(self) -> dict[str, ParameterValue]:

@@ -103,7 +103,7 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     from vam_policy.sim.diagnose import (
         diagnose,
         follow_chunks,
-        markdown_table,
+        markdown_tables,
         summarize,
         write_report,
     )
@@ -130,9 +130,9 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, OSError) as error:
         print(f"vam sim diagnose: {error}", file=sys.stderr)
         return 2
-    print(markdown_table(summarize(episodes)))
-    print(markdown_table(summarize(episodes, by="row")), end="")
+    rows, by_row = summarize(episodes), summarize(episodes, by="row")
+    print(markdown_tables(rows, by_row), end="")
     if args.out is not None:
-        for path in write_report(args.out, str(args.checkpoint), run, episodes):
+        for path in write_report(args.out, str(args.checkpoint), run, episodes, rows, by_row):
             print(f"wrote {path}")
     return 0

@@ -287,18 +287,23 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_tables(rows: Sequence[dict[str, Any]], by_row: Sequence[dict[str, Any]]) -> str:
+    """The summaries by task and by row (`summarize`) as Markdown, one after the other."""
+    return (f"{markdown_table(rows)}\n"
+            f"By the row the named cube started in (x: depth from the robot):\n\n"
+            f"{markdown_table(by_row)}")
+
+
 def write_report(out: Path, checkpoint: str, run: dict[str, Any],
-                 episodes: Sequence[EpisodeDiagnosis]) -> tuple[Path, Path]:
-    """`diagnosis.json` (how it was `run`, every layout and the summary) and `diagnosis.md` in
-    `out`."""
+                 episodes: Sequence[EpisodeDiagnosis], rows: Sequence[dict[str, Any]],
+                 by_row: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
+    """`diagnosis.json` (how it was `run`, every layout and the summaries `rows` and `by_row`)
+    and `diagnosis.md` in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    rows, by_row = summarize(episodes), summarize(episodes, by="row")
     report = {"checkpoint": checkpoint, **run,
               "reach_tolerance_m": REACH_TOLERANCE_M, "summary": rows, "summary_by_row": by_row,
               "episodes": [asdict(e) for e in episodes]}
     json_path, md_path = out / "diagnosis.json", out / "diagnosis.md"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(f"# Diagnosis of `{checkpoint}`\n\n{markdown_table(rows)}\n"
-                       f"By the row the named cube started in (x: depth from the robot):\n\n"
-                       f"{markdown_table(by_row)}")
+    md_path.write_text(f"# Diagnosis of `{checkpoint}`\n\n{markdown_tables(rows, by_row)}")
     return json_path, md_path
