@@ -1,16 +1,19 @@
 """How precisely the policy's inputs say where the named cube is: a linear probe per input.
 
     python benchmarks/probe_cube_position.py --train DATASET --test DATASET \\
-        [--checkpoint models/sim_panda/policy] [--backbone tiny ...] [--ridge 1,10]
+        [--checkpoint models/sim_panda/policy] [--backbone tiny ...] [--size 128x128 ...] \\
+        [--ridge 1,10]
 
 On each sim lift episode's first observation (the arm still, nothing occluded), ridge
 regression (one per instruction colour word) maps an input to the xy of the cube that the
 instruction names, fitted on `--train` and scored on `--test` (layouts from the episode seeds;
 colour-swapped copies from `vam dataset augment-colors` count as more layouts, their targets
 the cube the renamed word now names). Inputs, for the checkpoint's backbone and each
-`--backbone` put in its place (`tiny`: the random-weight preset): the backbone's features of
-the history tokens (what the instruction readout reads), the VAE's history latents, and the
-model-ready pixels of the newest frame, the yardstick. A decoder that reaches the cube to
+`--backbone` put in its place (`tiny`: the random-weight preset), at the checkpoint's frame size
+and at each `--size` (one camera's view, HxW: a finer view gives the same VAE and transformer
+more latents and tokens): the backbone's features of the history tokens (what the instruction
+readout reads), the VAE's history latents, and the model-ready pixels of the newest frame, the
+yardstick. A decoder that reaches the cube to
 within a few cm needs features that place it at least that well; the probe bounds what a
 linear read-out gets. Prints a table and writes JSON under benchmarks/results/.
 
@@ -75,6 +78,17 @@ def first_observations(policy: VAMPolicy, dataset: Path) -> dict[str, np.ndarray
     return {name: np.asarray(values) for name, values in rows.items()}
 
 
+def view_size(text: str) -> tuple[int, int]:
+    """argparse type of --size: one camera's view as HxW pixels, each a multiple of 16."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 128x128, got {text!r}") from None
+    if min(height, width) < 16 or height % 16 or width % 16:
+        raise argparse.ArgumentTypeError(f"expected multiples of 16 pixels, got {text!r}")
+    return height, width
+
+
 def ridge_errors(train: dict[str, np.ndarray], test: dict[str, np.ndarray], name: str,
                  ridge: float) -> np.ndarray:
     """|predicted - true| xy (cm) of every test episode, one ridge fit per colour word (dual
@@ -102,6 +116,9 @@ def main() -> None:
     parser.add_argument("--backbone", action="append", default=[],
                         help="also probe the checkpoint's policy on this backbone (a preset "
                         "such as tiny, or a folder; repeatable)")
+    parser.add_argument("--size", action="append", default=[], type=view_size,
+                        metavar="HxW", help="also probe at this frame size of one camera's "
+                        "view, e.g. 128x128 (repeatable)")
     parser.add_argument("--ridge", default="1,10", help="ridge penalties to try")
     parser.add_argument("--name", default="cube_position_probe", help="results JSON name")
     args = parser.parse_args()
@@ -109,26 +126,34 @@ def main() -> None:
     penalties = [float(value) for value in args.ridge.split(",")]
     results = {"machine": describe_machine(), "train": str(args.train), "test": str(args.test),
                "rows": []}
-    print("| backbone | input | values | ridge | x error (cm) | y error (cm) | train / test |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| backbone | frame | input | values | ridge | x error (cm) | y error (cm) "
+          "| train / test |")
+    print("|---|---|---|---:|---:|---:|---:|---|")
     shipped = load_checkpoint(args.checkpoint).eval()
     results["checkpoint"] = str(args.checkpoint)
+    cameras = shipped.config.cameras
+    own = (shipped.config.backbone.height, shipped.config.backbone.width // cameras)
     for backbone in ("checkpoint's", *args.backbone):
-        policy = (shipped if backbone == "checkpoint's" else
-                  VAMPolicy.build(shipped.config.with_backbone(source=backbone)).eval())
-        train, test = (first_observations(policy, args.train),
-                       first_observations(policy, args.test))
-        for name in INPUTS:
-            for ridge in penalties:
-                error = ridge_errors(train, test, name, ridge).mean(0)
-                row = {"backbone": backbone, "input": name,
-                       "values": int(train[name].shape[1]), "ridge": ridge,
-                       "x_error_cm": float(error[0]), "y_error_cm": float(error[1]),
-                       "train_episodes": len(train["xy"]), "test_episodes": len(test["xy"])}
-                results["rows"].append(row)
-                print(f"| {backbone} | {name} | {row['values']} | {ridge:g} | "
-                      f"{error[0]:.2f} | {error[1]:.2f} | {len(train['xy'])} / "
-                      f"{len(test['xy'])} |", flush=True)
+        source = shipped.config.backbone.source if backbone == "checkpoint's" else backbone
+        for height, width in dict.fromkeys([own, *args.size]):
+            policy = (shipped if (backbone, (height, width)) == ("checkpoint's", own) else
+                      VAMPolicy.build(shipped.config.with_backbone(
+                          source=source, height=height, width=width * cameras)).eval())
+            frame = f"{height}x{width * cameras}"
+            train, test = (first_observations(policy, args.train),
+                           first_observations(policy, args.test))
+            for name in INPUTS:
+                for ridge in penalties:
+                    error = ridge_errors(train, test, name, ridge).mean(0)
+                    row = {"backbone": backbone, "frame": frame, "input": name,
+                           "values": int(train[name].shape[1]), "ridge": ridge,
+                           "x_error_cm": float(error[0]), "y_error_cm": float(error[1]),
+                           "train_episodes": len(train["xy"]),
+                           "test_episodes": len(test["xy"])}
+                    results["rows"].append(row)
+                    print(f"| {backbone} | {frame} | {name} | {row['values']} | {ridge:g} | "
+                          f"{error[0]:.2f} | {error[1]:.2f} | {len(train['xy'])} / "
+                          f"{len(test['xy'])} |", flush=True)
     write_result(args.name, results)
 
 

@@ -224,6 +224,25 @@ def test_a_joint_measured_outside_its_limits_gets_no_command() -> None:
         filter_targets(np.array([[0.5, 0.0]]), np.array([1.2, 0.0]), 0.1, limits)
 
 
+def test_a_joint_just_past_its_limit_counts_as_at_it_within_the_tolerance() -> None:
+    """A position controller sent a target at the limit overshoots it by a few mrad: within
+    `limit_tolerance` the arm is still commanded, its targets inside the limits; beyond, as
+    without a tolerance, nothing is sent."""
+    limits = _limits(max_acceleration=[1e6, 1e6], limit_tolerance=0.01)
+    current = np.array([1.007, -2.005])
+    out = filter_targets(np.array([[1.5, -2.5], [0.9, -1.9]]), current, 0.1, limits)
+    assert np.all(out.positions >= limits.lower) and np.all(out.positions <= limits.upper)
+    np.testing.assert_allclose(out.positions[0], [1.0, -2.0])
+    assert out.positions[1, 0] < 1.0 and "position" in out.adjusted
+    with pytest.raises(UnsafeTargetsError, match=r"joint 'a' .* by more than "
+                       r"joint_limit_tolerance 0.01 rad"):
+        filter_targets(np.array([[0.5, 0.0]]), np.array([1.011, 0.0]), 0.1, limits)
+    with pytest.raises(UnsafeTargetsError, match="outside"):
+        filter_targets(np.array([[0.5, 0.0]]), current, 0.1, _limits(max_acceleration=[1e6, 1e6]))
+    with pytest.raises(ValueError, match="limit_tolerance"):
+        _limits(limit_tolerance=-0.01)
+
+
 def test_first_step_closer_than_dt_gets_a_proportionally_smaller_move() -> None:
     """A first point due in 10 ms must not carry a whole dt's worth of motion."""
     limits = _limits(max_acceleration=[1e6, 1e6])

@@ -25,6 +25,7 @@ from vam_policy.sim.diagnose import (
     ChunkFollower,
     EpisodeDiagnosis,
     markdown_table,
+    moved_cube,
     nearest_cube,
     summarize,
 )
@@ -137,15 +138,30 @@ def test_the_approached_cube_is_the_nearest_start() -> None:
     assert nearest_cube(cubes, np.array([0.03, 0.05])) == "green"
 
 
+def test_the_touched_cube_is_the_one_moved_more_than_a_centimetre() -> None:
+    """Of the cubes, the one moved farthest from its start if it moved more than 1 cm (a cube
+    lifted straight up has moved)."""
+    starts = {"red": np.array([-0.135, 0.0, 0.82]), "green": np.array([-0.02, 0.05, 0.82])}
+    assert moved_cube(starts, {"red": np.array([-0.13, 0.0, 0.82]),
+                               "green": np.array([-0.02, 0.05, 0.825])}) is None
+    assert moved_cube(starts, {"red": np.array([-0.135, 0.0, 0.82]),
+                               "green": np.array([-0.02, 0.05, 0.95])}) == "green"
+    assert moved_cube(starts, {"red": np.array([-0.12, 0.0, 0.82]),
+                               "green": np.array([-0.02, 0.07, 0.82])}) == "green"
+    assert moved_cube(starts, {"red": np.array([-0.12, 0.0, 0.82]),
+                               "green": np.array([-0.02, 0.05, 0.82])}) == "red"
+
+
 def test_summary_rates_errors_and_tolerance() -> None:
     """Per task and over all: success shares, the share that approached the named cube, mean
     absolute approach and reach errors per axis, and the shares of approaches and reaches
     within the tolerance on both axes."""
     episodes = [
         EpisodeDiagnosis("lift_red", 1000, 0, False, True, 1.6, (-0.10, 0.01), 2.6, (0.0, 0.04),
-                         "green", (0.09, 0.02), "safety filter: joint 'robot0_gripper' ..."),
+                         "green", (0.09, 0.02), "safety filter: joint 'robot0_gripper' ...",
+                         "green"),
         EpisodeDiagnosis("lift_red", 1000, 1, True, True, 1.6, (0.01, -0.015), 2.6, (0.0, 0.0),
-                         "red", (0.09, 0.02)),
+                         "red", (0.09, 0.02), None, "red"),
         EpisodeDiagnosis("push_red_left", 1000, 0, False, False, 2.4, (0.0, 0.03), 3.4,
                          (0.01, 0.01), "red", (-0.13, -0.05)),
     ]
@@ -159,6 +175,9 @@ def test_summary_rates_errors_and_tolerance() -> None:
     assert lift["approach_within_tolerance"] == 0.5
     assert lift["approached_named_cube"] == 0.5
     assert rows["all"]["approached_named_cube"] == pytest.approx(2 / 3)
+    assert (lift["touched_named_cube_first"], lift["touched_no_cube"]) == (0.5, 0.0)
+    assert rows["push_red_left"]["touched_no_cube"] == 1.0
+    assert rows["all"]["touched_named_cube_first"] == pytest.approx(1 / 3)
     assert rows["push_red_left"]["approach_within_tolerance"] == 0.0  # 3 cm > 2 cm
     assert (lift["reach_error_x_m"], lift["reach_error_y_m"]) == pytest.approx((0.0, 0.02))
     assert lift["reach_within_tolerance"] == 0.5
@@ -199,6 +218,8 @@ def test_diagnose_the_shipped_checkpoint(tmp_path: Path) -> None:
     assert all(np.all(np.isfinite(e["approach_error_m"] + e["reach_error_m"]))
                for e in report["episodes"])
     assert all(e["approached_cube"] in CUBE_COLORS for e in report["episodes"])
+    assert all(e["touched_cube"] in (*CUBE_COLORS, None) for e in report["episodes"])
+    assert all(e["touched_cube"] == "red" for e in report["episodes"] if e["success"])
     assert report["replan_steps"] == max(1, load_parameters_file(PROFILE).get("replan_steps", 0))
     assert all(e["fault"] is None for e in report["episodes"])  # chunks: no safety filter
     # lift_red at seed 1000 starts in the row nearest the robot

@@ -232,6 +232,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
           "Lower position limit of each joint (order of joint_names).", read_only=True),
     _spec("joint_position_upper", _T.DOUBLE_ARRAY, None, "rad",
           "Upper position limit of each joint (order of joint_names).", read_only=True),
+    _spec("joint_limit_tolerance", _T.DOUBLE, 0.01, "rad",
+          "A joint measured at most this far outside its position limits counts as at the "
+          "limit (a position controller sent a target at the limit overshoots it a little); "
+          "further out latches a fault. Targets always stay inside the limits.", read_only=True,
+          minimum=0.0),
     _spec("max_joint_velocity", _T.DOUBLE_ARRAY, None, "rad/s",
           "Velocity limit of each joint, enforced by the safety filter.", read_only=True,
           minimum=0.0, minimum_exclusive=True),
@@ -335,6 +340,7 @@ class NodeSettings:
     joint_names: tuple[str, ...]
     joint_position_lower: tuple[float, ...]
     joint_position_upper: tuple[float, ...]
+    joint_limit_tolerance: float
     max_joint_velocity: tuple[float, ...]
     max_joint_acceleration: tuple[float, ...]
     max_step_from_current: tuple[float, ...]

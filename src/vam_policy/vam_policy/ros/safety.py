@@ -37,7 +37,9 @@ class SafetyLimits:
 
     lower/upper [J] rad, max_velocity [J] rad/s, max_acceleration [J] rad/s^2,
     max_step_from_current [J] rad (a single value applies to every joint). Arrays are stored
-    as read-only float64 copies.
+    as read-only float64 copies. A joint measured up to `limit_tolerance` rad outside its
+    position limits counts as at the limit: a position controller sent a target at the limit
+    overshoots it by a little.
     """
 
     lower: np.ndarray
@@ -46,8 +48,12 @@ class SafetyLimits:
     max_acceleration: np.ndarray
     max_step_from_current: np.ndarray | float
     joint_names: tuple[str, ...] = field(default=())
+    limit_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.limit_tolerance < np.inf:
+            raise ValueError(f"SafetyLimits.limit_tolerance: expected a finite value >= 0, got "
+                             f"{self.limit_tolerance!r}")
         arrays = {}
         for name in ("lower", "upper", "max_velocity", "max_acceleration"):
             value = np.array(getattr(self, name), dtype=np.float64)
@@ -86,6 +92,7 @@ class SafetyLimits:
             max_acceleration=np.array(settings.max_joint_acceleration),
             max_step_from_current=settings.max_step_from_current,
             joint_names=settings.joint_names,
+            limit_tolerance=settings.joint_limit_tolerance,
         )
 
     @property
@@ -136,10 +143,11 @@ def filter_targets(
     Position, distance and velocity bounds always hold. The acceleration bound holds from the
     second step on, and at the first step too unless start_velocity is already too fast to
     stop within the bounds, in which case it brakes harder rather than pass a limit.
-    A joint measured outside its position limits is an error, not something to steer out of:
-    every target it could be sent would either lie outside the limits or jump, and a joint
-    out of range means a wrong profile, a sensor offset or a collision. So is a `start` more
-    than max_step_from_current from `current`.
+    A joint measured outside its position limits, by more than `limit_tolerance`, is an
+    error, not something to steer out of: every target it could be sent would either lie
+    outside the limits or jump, and a joint out of range means a wrong profile, a sensor
+    offset or a collision. Within the tolerance it counts as at the limit, and its targets
+    stay inside the limits. So is a `start` more than max_step_from_current from `current`.
 
     Raises UnsafeTargetsError on any NaN/inf in targets, current, start or start_velocity,
     and ValueError on wrong shapes or non-positive time steps.
@@ -147,8 +155,9 @@ def filter_targets(
     joints = limits.num_joints
     targets = _finite(targets, "targets", (None, joints), limits)
     current = _finite(current, "current joint position", (joints,), limits)
-    origin = current if start is None else np.clip(
-        _finite(start, "commanded joint position", (joints,), limits), limits.lower, limits.upper)
+    origin = np.clip(current if start is None else
+                     _finite(start, "commanded joint position", (joints,), limits),
+                     limits.lower, limits.upper)
     velocity = (np.zeros(joints) if start_velocity is None
                 else _finite(start_velocity, "commanded joint velocity", (joints,), limits))
     if targets.shape[0] == 0:
@@ -157,12 +166,15 @@ def filter_targets(
     first_dt = dt if first_dt is None else _positive_time(first_dt, "first_dt")
 
     vmax, amax, reach = limits.max_velocity, limits.max_acceleration, limits.max_step_from_current
-    outside = np.flatnonzero((current < limits.lower) | (current > limits.upper))
+    tolerance = limits.limit_tolerance
+    outside = np.flatnonzero((current < limits.lower - tolerance)
+                             | (current > limits.upper + tolerance))
     if outside.size:
         j = int(outside[0])
         raise UnsafeTargetsError(
             f"joint {limits.joint_label(j)} is measured at {current[j]:.4f} rad, outside its "
-            f"limits [{limits.lower[j]:.4f}, {limits.upper[j]:.4f}]: no target is sent"
+            f"limits [{limits.lower[j]:.4f}, {limits.upper[j]:.4f}] by more than "
+            f"joint_limit_tolerance {tolerance:g} rad: no target is sent"
         )
     apart = np.flatnonzero(np.abs(origin - current) > reach)
     if apart.size:

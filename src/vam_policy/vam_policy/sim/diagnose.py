@@ -16,7 +16,10 @@ as 1) with the profile's `noise_scale`. Each layout runs twice:
   large reach error. The cube whose starting place is nearest the grip site at the end of the
   approach is the one it *approached*: a policy that has not bound the instruction's colour to
   a cube goes to another one (an approach error of a row, ~11 cm in x), one that has but
-  cannot place it precisely misses the named cube by a few cm.
+  cannot place it precisely misses the named cube by a few cm. The cube it *touched* first is
+  the first one it moved (more than 1 cm): another cube than the named one means it lost the
+  named cube on the way even where it approached it, the named one in a failed rollout means
+  it got there but grasped or pushed it badly, none that it never got there.
 - handed over: the expert drives until the end of its approach, then the policy.
 
 The report groups the layouts by task, and again by the row the named cube started in (its
@@ -55,6 +58,8 @@ from vam_policy.sim.tasks import ROW_X, get_task
 # Within this distance of the expert's grip site at the end of its approach, a lift still
 # succeeds (measured with the expert aimed at wrongly placed cubes: 2 cm across the table).
 REACH_TOLERANCE_M = 0.02
+# A cube farther than this from where it started has been touched.
+MOVED_M = 0.01
 # Noise draw r of a layout seeds its chunks from seed + NOISE_DRAW_STRIDE * r.
 NOISE_DRAW_STRIDE = 100_000
 
@@ -137,6 +142,7 @@ class EpisodeDiagnosis:
     approached_cube: str  # colour of the cube nearest the policy's grip site at approach_s
     cube_xy: tuple[float, float]  # where the named cube started: world x (its row), y
     fault: str | None = None  # the safety fault that stopped the policy alone, if one did
+    touched_cube: str | None = None  # colour of the first cube the policy alone moved, if any
 
     @property
     def approached_named_cube(self) -> bool:
@@ -163,6 +169,15 @@ def nearest_cube(cubes: dict[str, np.ndarray], xy: np.ndarray) -> str:
     return min(cubes, key=lambda color: float(np.linalg.norm(cubes[color] - xy)))
 
 
+def moved_cube(starts: dict[str, np.ndarray], now: dict[str, np.ndarray]) -> str | None:
+    """The colour of the cube farthest from its start in `starts` at positions `now` (both
+    colour -> x, y, z), if it is more than `MOVED_M` away; else None."""
+    distance = {color: float(np.linalg.norm(now[color] - start))
+                for color, start in starts.items()}
+    color = max(distance, key=distance.__getitem__)
+    return color if distance[color] > MOVED_M else None
+
+
 def _note_grip(notes: dict[str, np.ndarray], times: dict[str, float], arm: SimArm,
                now: float) -> None:
     """Note the grip site's x, y under each mark whose time has come and has no note yet."""
@@ -176,7 +191,8 @@ def diagnose_episode(arm: SimArm, drive: DriverFactory, task: str, seed: int,
     """Roll `task` at `seed` out alone and handed over (module docstring)."""
     # The expert alone, to the end of its reach: where the policy should be by then.
     observation = arm.reset(task, seed)
-    cubes = {color: xyz[:2] for color, xyz in arm.cube_positions().items()}  # where they start
+    starts = arm.cube_positions()
+    cubes = {color: xyz[:2] for color, xyz in starts.items()}  # where they start
     expert = make_expert(arm)
     times = {mark: getattr(expert, f"{mark}_s") for mark in MARKS}  # the expert's plan
     expert_at: dict[str, np.ndarray] = {}
@@ -193,29 +209,33 @@ def diagnose_episode(arm: SimArm, drive: DriverFactory, task: str, seed: int,
         named = arm.cube_positions()[arm.task.cube]
         follower = drive(arm, arm.task.instruction, seed + NOISE_DRAW_STRIDE * noise_draw)
         policy_at: dict[str, np.ndarray] = {}
+        touched = None
         while not arm.truncated and not arm.success():
             follower.observe(observation)
             _note_grip(policy_at, times, arm, observation.time)
+            touched = touched or moved_cube(starts, arm.cube_positions())
             if observation.time < handover_s - 1e-9:
                 observation = arm.apply(expert.act(observation))
             else:
                 observation = arm.apply(follower.command(observation))
         for mark in times:  # solved before the expert would have got there
             policy_at.setdefault(mark, grip_xy(arm))
-        results.append((arm.success(), policy_at, follower.fault))
-    (alone, policy_at, fault), (handed_over, _, _) = results
+        touched = touched or moved_cube(starts, arm.cube_positions())  # by the last command
+        results.append((arm.success(), policy_at, follower.fault, touched))
+    (alone, policy_at, fault, touched), (handed_over, _, _, _) = results
     approach, reach = (policy_at[mark] - expert_at[mark] for mark in MARKS)
     return EpisodeDiagnosis(task, seed, noise_draw, alone, handed_over,
                             expert.approach_s, (float(approach[0]), float(approach[1])),
                             expert.reach_s, (float(reach[0]), float(reach[1])),
                             nearest_cube(cubes, policy_at["approach"]),
-                            (float(named[0]), float(named[1])), fault)
+                            (float(named[0]), float(named[1])), fault, touched)
 
 
 def summarize(episodes: Sequence[EpisodeDiagnosis], by: str = "task") -> list[dict[str, Any]]:
     """Per group (`by` "task" or "row" of the named cube, in sorted order) and over all:
     success alone and handed over, the share of approaches to the named cube, of rollouts a
-    safety fault stopped, and for the approach and the reach the mean absolute error along x
+    safety fault stopped, of those that touched the named cube first and of those that touched
+    none, and for the approach and the reach the mean absolute error along x
     and y and the share within tolerance."""
     if by not in ("task", "row"):
         raise ValueError(f"by must be 'task' or 'row', got {by!r}")
@@ -234,6 +254,9 @@ def summarize(episodes: Sequence[EpisodeDiagnosis], by: str = "task") -> list[di
             "success_handed_over": float(np.mean([e.success_handed_over for e in group])),
             "approached_named_cube": float(np.mean([e.approached_named_cube for e in group])),
             "safety_faults": float(np.mean([e.fault is not None for e in group])),
+            "touched_named_cube_first": float(np.mean([e.touched_cube == get_task(e.task).cube
+                                                       for e in group])),
+            "touched_no_cube": float(np.mean([e.touched_cube is None for e in group])),
         }
         for mark in MARKS:
             errors = np.abs(np.array([getattr(e, f"{mark}_error_m") for e in group]))  # [N, 2]
@@ -272,12 +295,14 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """A summary as a Markdown table (errors in cm, x / y); its first column is the grouping."""
     by = next(iter(rows[0])) if rows else "task"
     lines = [f"| {by} | rollouts | success | success, expert approach first "
-             "| approached the named cube | safety faults | approach error (cm) "
-             "| approaches within 2 cm | reach error (cm) | reaches within 2 cm |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| approached the named cube | touched the named cube first | touched none "
+             "| safety faults | approach error (cm) | approaches within 2 cm | reach error (cm) "
+             "| reaches within 2 cm |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         cells = [row[by], str(row["rollouts"]), f"{row['success']:.0%}",
                  f"{row['success_handed_over']:.0%}", f"{row['approached_named_cube']:.0%}",
+                 f"{row['touched_named_cube_first']:.0%}", f"{row['touched_no_cube']:.0%}",
                  f"{row['safety_faults']:.0%}"]
         for mark in MARKS:
             cells += [f"{100 * row[f'{mark}_error_x_m']:.1f} / "
