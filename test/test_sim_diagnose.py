@@ -24,6 +24,8 @@ from vam_policy.sim.diagnose import (
     REACH_TOLERANCE_M,
     ChunkFollower,
     EpisodeDiagnosis,
+    compare_reports,
+    comparison_markdown,
     markdown_table,
     moved_cube,
     nearest_cube,
@@ -194,6 +196,53 @@ def test_summary_rates_errors_and_tolerance() -> None:
     assert table.startswith("| row | rollouts |") and "| row x +0.095 m | 2 | 50% |" in table
     with pytest.raises(ValueError, match="by must be"):
         summarize(episodes, by="seed")
+
+
+def _report(*outcomes: tuple[str, int, bool]) -> dict:
+    return {"episodes": [{"task": task, "seed": seed, "noise_draw": 0, "success": success}
+                         for task, seed, success in outcomes]}
+
+
+def test_comparing_two_reports_counts_the_layouts_won_and_lost() -> None:
+    """Paired by layout: only the shared ones count; the sign test is of won against lost."""
+    before = _report(("lift_red", 1000, True), ("lift_red", 1001, False),
+                     ("push_red_left", 1000, True), ("push_red_left", 1001, False),
+                     ("lift_red", 1002, True))
+    after = _report(("lift_red", 1000, False), ("lift_red", 1001, True),
+                    ("push_red_left", 1000, True), ("push_red_left", 1001, True),
+                    ("lift_red", 1003, True))
+    result = compare_reports(before, after)
+    assert (result["layouts"], result["solved_before"], result["solved_after"]) == (4, 2, 3)
+    assert result["won"] == [("lift_red", 1001, 0), ("push_red_left", 1001, 0)]
+    assert result["lost"] == [("lift_red", 1000, 0)]
+    assert result["sign_test_p"] == pytest.approx(1.0)  # 2 against 1 is no evidence
+    eight = compare_reports(_report(*[("lift_red", seed, False) for seed in range(8)]),
+                            _report(*[("lift_red", seed, True) for seed in range(8)]))
+    assert eight["sign_test_p"] == pytest.approx(2 / 2**8)
+    same = compare_reports(before, before)
+    assert (same["won"], same["lost"], same["sign_test_p"]) == ([], [], 1.0)
+    text = comparison_markdown(result)
+    assert "| 4 | 2 | 3 | 2 | 1 | 1.00 |" in text and "Lost: lift_red 1000" in text
+    with pytest.raises(ValueError, match="share no layout"):
+        compare_reports(before, _report(("lift_red", 2000, True)))
+
+
+def test_vam_sim_compare_prints_the_comparison_and_refuses_unrelated_reports(
+        tmp_path: Path) -> None:
+    before, after = tmp_path / "before", tmp_path / "after.json"
+    before.mkdir()
+    (before / "diagnosis.json").write_text(json.dumps(_report(("lift_red", 1000, False))))
+    after.write_text(json.dumps(_report(("lift_red", 1000, True))))
+    done = subprocess.run([sys.executable, "-m", "vam_policy.cli", "sim", "compare",
+                           str(before), str(after)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| 1 | 0 | 1 | 1 | 0 | 1.00 |" in done.stdout
+    after.write_text(json.dumps(_report(("lift_red", 2000, True))))
+    done = subprocess.run([sys.executable, "-m", "vam_policy.cli", "sim", "compare",
+                           str(before), str(after)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "share no layout" in done.stderr
 
 
 def _diagnose(*args: str) -> subprocess.CompletedProcess:

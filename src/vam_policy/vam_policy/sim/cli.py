@@ -1,5 +1,6 @@
 """`vam sim record`: scripted demonstrations of the simulated arm, written as rosbag2.
 `vam sim diagnose`: where a checkpoint fails on the simulated arm (see `sim/diagnose.py`).
+`vam sim compare`: two diagnoses of the same layouts, layout by layout.
 
 The sim modules (robosuite, MuJoCo, rosbags, torch) are imported when a verb runs, so other
 verbs start without them. A bad profile, task, checkpoint or output folder is reported as one
@@ -16,9 +17,9 @@ DEFAULT_PROFILE = Path("config/sim_panda.yaml")
 
 
 def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add `sim record` and `sim diagnose` to the `vam` parser."""
+    """Add `sim record`, `sim diagnose` and `sim compare` to the `vam` parser."""
     sim = subparsers.add_parser("sim", help="the simulated arm: record expert demonstrations, "
-                                "diagnose a checkpoint")
+                                "diagnose a checkpoint, compare two diagnoses")
     verbs = sim.add_subparsers(dest="sim_verb", required=True, metavar="VERB")
     record = verbs.add_parser(
         "record", help="run the scripted experts (no ROS, faster than real time) and write one "
@@ -70,6 +71,12 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="with --loop node: simulated inference time, from an "
                           "observation's frames to its chunk (default %(default)s)")
     diagnose.set_defaults(func=run_sim_diagnose)
+    compare = verbs.add_parser(
+        "compare", help="set two `sim diagnose` reports of the same layouts side by side: the "
+        "layouts the second won and lost, and a sign test of them")
+    compare.add_argument("before", type=Path, help="diagnosis.json (or its folder) of the base")
+    compare.add_argument("after", type=Path, help="diagnosis.json (or its folder) of the change")
+    compare.set_defaults(func=run_sim_compare)
 
 
 def task_list(text: str) -> list[str]:
@@ -135,4 +142,21 @@ def run_sim_diagnose(args: argparse.Namespace) -> int:
     if args.out is not None:
         for path in write_report(args.out, str(args.checkpoint), run, episodes, rows, by_row):
             print(f"wrote {path}")
+    return 0
+
+
+def run_sim_compare(args: argparse.Namespace) -> int:
+    """Exit 0 after printing the comparison, 2 on unreadable or unrelated reports."""
+    import json
+
+    from vam_policy.sim.diagnose import compare_reports, comparison_markdown
+
+    try:
+        before, after = (json.loads((path / "diagnosis.json" if path.is_dir() else path)
+                                    .read_text()) for path in (args.before, args.after))
+        comparison = compare_reports(before, after)
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        print(f"vam sim compare: {error}", file=sys.stderr)
+        return 2
+    print(comparison_markdown(comparison), end="")
     return 0
