@@ -17,9 +17,10 @@ yardstick. A decoder that reaches the cube to
 within a few cm needs features that place it at least that well; the probe bounds what a
 linear read-out gets. Prints a table and writes JSON under benchmarks/results/.
 
-The committed results: --train = the shipped checkpoint's dataset (64 demos a task, see its
-training.json) through `vam dataset augment-colors`; --test = `vam sim record --episodes-per-task
-12 --seed 1000` (the evaluation's layouts), `vam dataset build`, `vam dataset augment-colors`.
+The committed results (`--size 128x128 --backbone tiny`): --train = the shipped checkpoint's
+dataset (128 demos a task, see its training.json) through `vam dataset augment-colors`;
+--test = `vam sim record --tasks lift_red,lift_green,lift_blue --episodes-per-task 12 --seed
+1000` (the evaluation's layouts), `vam dataset build`, `vam dataset augment-colors`.
 """
 
 from __future__ import annotations

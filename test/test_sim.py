@@ -137,6 +137,26 @@ def test_arm_tracks_an_absolute_joint_target(arm: SimArm) -> None:
     assert obs.gripper_opening > 0.95
 
 
+def test_grip_position_at_joint_positions_is_where_the_arm_gets_and_leaves_it_be(
+        arm: SimArm) -> None:
+    """Forward kinematics of a joint target: the grip site the arm reaches when it settles
+    there, computed without moving the arm or its grip site."""
+    start = arm.reset("lift_red", seed=3)
+    target = start.joint_positions + np.array([0.3, -0.2, 0.25, 0.3, -0.3, 0.2, -0.4])
+    here = arm.grip_position()
+    predicted = arm.grip_position_at(target)
+    np.testing.assert_array_equal(arm.grip_position(), here)
+    np.testing.assert_allclose(arm.grip_position_at(start.joint_positions), here, atol=1e-12)
+    assert np.linalg.norm(predicted - here) > 0.05
+    for _ in range(30):
+        obs = arm.step(target, 1.0)
+    np.testing.assert_allclose(arm.grip_position(), predicted, atol=0.01)
+    np.testing.assert_allclose(arm.grip_position_at(obs.joint_positions), arm.grip_position(),
+                               atol=1e-9)
+    with pytest.raises(ValueError, match="7 arm joint positions"):
+        arm.grip_position_at(np.zeros(6))
+
+
 def test_step_rejects_a_malformed_command(arm: SimArm) -> None:
     """A 6-joint or NaN command is refused, not silently broadcast or fed to the physics."""
     arm.reset("lift_red", seed=0)

@@ -227,6 +227,22 @@ class SimArm:
         """Privileged: the point between the fingertips (world xyz, metres)."""
         return self._data.site_xpos[self._grip_site].copy()
 
+    def grip_position_at(self, joint_positions: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Privileged: where the grip site would be (world xyz) with the seven arm joints at
+        `joint_positions` (forward kinematics); the simulation's state is left as it was."""
+        joints = np.asarray(joint_positions, dtype=np.float64)
+        if joints.shape != (len(self.arm_qpos_ids),):
+            raise ValueError(f"expected {len(self.arm_qpos_ids)} arm joint positions, got "
+                             f"shape {joints.shape}")
+        saved = self._data.qpos.copy()
+        try:
+            self._data.qpos[self.arm_qpos_ids] = joints
+            mujoco.mj_kinematics(self.model, self._data)
+            return self._data.site_xpos[self._grip_site].copy()
+        finally:
+            self._data.qpos[:] = saved
+            mujoco.mj_kinematics(self.model, self._data)
+
     def cube_yaws(self) -> dict[str, float]:
         """Privileged: each cube's rotation about the vertical (rad)."""
         yaws = {}
