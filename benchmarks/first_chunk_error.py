@@ -1,26 +1,30 @@
-"""How precisely a checkpoint's first chunk reaches the named cube, open loop, on new layouts.
+"""How precisely a checkpoint's chunk reaches the named cube, open loop, on new layouts.
 
     python benchmarks/first_chunk_error.py --test DATASET [--checkpoint models/sim_panda/policy]
-        [--step 15] [--name first_chunk_error]
+        [--anchor 0] [--step 15] [--name first_chunk_error]
 
 On each sim lift episode of `--test` (a `vam dataset build` of `vam sim record` bags on seeds
-the checkpoint was not trained on), the policy predicts its deterministic first chunk
-(`noise_scale` 0) from the episode's first observation, and so does its instruction readout
-alone (the mean chunk the flow starts from). Forward kinematics of the simulated arm puts the
-grip site of the chunk's step `--step` (1.6 s into the episode at 0.1 s a step: the end of the
-scripted expert's approach above the cube) beside the grip site of the expert's commanded
-target at that step. Reported: the mean absolute error along x (the cubes' rows) and y (across
-the table), and the slope of each error on the named cube's offset from the table's centre: 0
-places every cube alike, -1 always reaches the centre, and a slope of -0.5 reaches half-way
-from the centre to the cube (regression to the mean). Unlike closed-loop success, which flips
-many layouts both ways between two similar checkpoints, this is a smooth measure of the
-decoder's aim. Prints a table and writes JSON under benchmarks/results/.
+the checkpoint was not trained on), the policy predicts its deterministic chunk (`noise_scale`
+0) from the episode's observation at step `--anchor` (0: its first chunk), and so does its
+instruction readout alone (the mean chunk the flow starts from). Forward kinematics of the
+simulated arm puts the grip site of the chunk's step `--step` beside the grip site of the
+expert's commanded target at that step of the episode. Defaults: the first chunk at 1.6 s (step
+15 at 0.1 s a step), the end of the scripted expert's approach above the cube. `--anchor 16
+--step 10` on bags recorded with `--approach-offset-m`: from where such an approach ended off
+the cube, to where the fingers close on it (the descent's correction).
+
+Reported: the mean absolute error along x (the cubes' rows) and y (across the table), and the
+slope of each error on two offsets: the named cube's from the table's centre (0 places every
+cube alike, -1 always reaches the centre, -0.5 reaches half-way from the centre to the cube:
+regression to the mean), and the arm's grip site's from above the cube at the anchor (0
+corrects wherever the arm is, +1 keeps the arm's offset all the way). Unlike closed-loop
+success, which flips many layouts both ways between two similar checkpoints, this is a smooth
+measure of the decoder's aim. Prints a table and writes JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np
@@ -33,20 +37,19 @@ from vam_policy.model.checkpoint import load_checkpoint
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.ros.sim_parameters import load_sim_settings
 from vam_policy.sim.arm import SimArm
-from vam_policy.sim.tasks import ROW_X, START_Y_RANGE
+from vam_policy.sim.tasks import ROW_X, START_Y_RANGE, LiftTask, parse_episode_name
 from vam_policy.train.config import SampleConfig
 from vam_policy.train.samples import SampleSpec, episode_clip
 
-_LIFT = re.compile(r"(lift_(?:red|green|blue))_(\d+)")
 CENTRE_XY = (ROW_X[1], sum(START_Y_RANGE) / 2)  # the middle row, the middle of the y range
 CHUNKS = ("chunk", "readout")
 
 
 @torch.no_grad()
-def first_chunks(policy: VAMPolicy, clip: np.ndarray, state: np.ndarray,
-                 instruction: str) -> dict[str, np.ndarray]:
-    """The policy's deterministic first chunk and its readout's mean chunk (absolute targets
-    [H, J]) from one observation."""
+def chunks(policy: VAMPolicy, clip: np.ndarray, state: np.ndarray,
+           instruction: str) -> dict[str, np.ndarray]:
+    """The policy's deterministic chunk and its readout's mean chunk (absolute targets [H, J])
+    from one observation."""
     chunk = policy.predict(clip, state, instruction, seed=0, noise_scale=0.0)
     history = policy.backbone.encode_video(policy.preprocess_frames(clip[None]))
     text = policy.embed_instructions([instruction])
@@ -68,7 +71,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("models/sim_panda/policy"))
     parser.add_argument("--profile", type=Path, default=Path("config/sim_panda.yaml"),
                         help="the sim profile the episodes were recorded with")
-    parser.add_argument("--step", type=int, default=15, help="chunk step compared")
+    parser.add_argument("--anchor", type=int, default=0,
+                        help="episode step whose observation the chunk is predicted from")
+    parser.add_argument("--step", type=int, default=15,
+                        help="chunk step compared (episode step anchor + step)")
     parser.add_argument("--name", default="first_chunk_error", help="results JSON name")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -78,38 +84,49 @@ def main() -> None:
     data = load_dataset(args.test)
     spec = SampleSpec.from_policy(policy.config, SampleConfig(), future=False)
     errors: dict[str, list[np.ndarray]] = {name: [] for name in CHUNKS}
-    offsets = []
+    offsets: dict[str, list[np.ndarray]] = {"cube": [], "arm": []}
     with SimArm(load_sim_settings(args.profile).arm_config()) as arm:
         for index, entry in enumerate(data.episodes):
-            match = _LIFT.search(entry.source)
-            if match is None:
+            recorded = parse_episode_name(entry.source)
+            if recorded is None or not isinstance(recorded[0], LiftTask):
                 continue
             episode = data.load_episode(index)
-            arm.reset(match.group(1), int(match.group(2)))
+            if args.anchor + args.step >= len(episode.action):
+                continue
+            arm.reset(*recorded)
             cube = arm.cube_positions()[arm.task.cube][:2]
-            chunks = first_chunks(policy, episode_clip(episode, 0, spec), episode.state[0],
-                                  entry.instruction)
-            expert = arm.grip_position_at(episode.action[args.step][:7])[:2]
-            for name, chunk in chunks.items():
+            predicted = chunks(policy, episode_clip(episode, args.anchor, spec),
+                               episode.state[args.anchor], entry.instruction)
+            expert = arm.grip_position_at(episode.action[args.anchor + args.step][:7])[:2]
+            for name, chunk in predicted.items():
                 errors[name].append(100 * (arm.grip_position_at(chunk[args.step][:7])[:2]
                                            - expert))
-            offsets.append(100 * (cube - np.array(CENTRE_XY)))
-    if not offsets:
-        raise SystemExit(f"{args.test}: no sim lift episodes (sources like lift_red_1007)")
-    offset = np.array(offsets)
+            offsets["cube"].append(100 * (cube - np.array(CENTRE_XY)))
+            offsets["arm"].append(100 * (arm.grip_position_at(
+                episode.state[args.anchor][:7])[:2] - cube))
+    if not offsets["cube"]:
+        raise SystemExit(f"{args.test}: no sim lift episodes (sources like lift_red_1007) "
+                         f"as long as step {args.anchor + args.step}")
+    offset = {name: np.array(values) for name, values in offsets.items()}  # each [N, 2] cm
+    count = len(offset["cube"])
     results = {"machine": describe_machine(), "checkpoint": str(args.checkpoint),
-               "test": str(args.test), "step": args.step, "episodes": len(offset), "rows": []}
-    print("| chunk | x error (cm) | y error (cm) | x slope | y slope | episodes |")
+               "test": str(args.test), "anchor": args.anchor, "step": args.step,
+               "episodes": count, "rows": []}
+    print("| chunk | x error (cm) | y error (cm) | x / y slope on the cube's offset | "
+          "x / y slope on the arm's offset | episodes |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in CHUNKS:
         error = np.array(errors[name])  # [N, 2] cm
-        slopes = [float(np.polyfit(offset[:, axis], error[:, axis], 1)[0]) for axis in (0, 1)]
         row = {"chunk": name, "x_error_cm": float(np.abs(error[:, 0]).mean()),
-               "y_error_cm": float(np.abs(error[:, 1]).mean()),
-               "x_slope": slopes[0], "y_slope": slopes[1]}
+               "y_error_cm": float(np.abs(error[:, 1]).mean())}
+        for on, values in offset.items():
+            for axis, label in enumerate("xy"):
+                row[f"{label}_slope_{on}"] = float(np.polyfit(values[:, axis], error[:, axis],
+                                                              1)[0])
         results["rows"].append(row)
         print(f"| {name} | {row['x_error_cm']:.2f} | {row['y_error_cm']:.2f} | "
-              f"{slopes[0]:+.2f} | {slopes[1]:+.2f} | {len(offset)} |")
+              f"{row['x_slope_cube']:+.2f} / {row['y_slope_cube']:+.2f} | "
+              f"{row['x_slope_arm']:+.2f} / {row['y_slope_arm']:+.2f} | {count} |")
     write_result(args.name, results)
 
 

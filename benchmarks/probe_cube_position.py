@@ -26,7 +26,6 @@ dataset (128 demos a task, see its training.json) through `vam dataset augment-c
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,11 @@ from vam_policy.data.dataset import load_dataset
 from vam_policy.machine import describe_machine
 from vam_policy.model.checkpoint import load_checkpoint
 from vam_policy.model.policy import VAMPolicy
-from vam_policy.sim.tasks import get_task
+from vam_policy.sim.tasks import LiftTask, parse_episode_name
 from vam_policy.train.config import SampleConfig
 from vam_policy.train.samples import SampleSpec, episode_clip
 
 INPUTS = ("features", "vae_latents", "pixels")
-_LIFT = re.compile(r"(lift_(?:red|green|blue))_(\d+)")
 
 
 def first_observations(policy: VAMPolicy, dataset: Path) -> dict[str, np.ndarray]:
@@ -56,11 +54,11 @@ def first_observations(policy: VAMPolicy, dataset: Path) -> dict[str, np.ndarray
                                                * int(np.prod(config.decoder.video_grid[1:])))
     rows: dict[str, list[Any]] = {name: [] for name in (*INPUTS, "xy", "word")}
     for index, episode in enumerate(data.episodes):
-        match = _LIFT.search(episode.source)
-        if match is None:
+        recorded = parse_episode_name(episode.source)
+        if recorded is None or not isinstance(recorded[0], LiftTask):
             continue
-        task = get_task(match.group(1))
-        layout = task.sample_layout(task.episode_rng(int(match.group(2))))
+        task, seed = recorded
+        layout = task.sample_layout(task.episode_rng(seed))
         clip = episode_clip(data.load_episode(index), 0, spec)
         with torch.no_grad():
             video = policy.preprocess_frames(clip[None])

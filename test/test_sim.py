@@ -14,6 +14,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from vam_policy.sim.arm import SimArm, SimConfig
+from vam_policy.sim.disturbance import approach_offset
 from vam_policy.sim.experts import make_expert, run_expert_episode
 from vam_policy.sim.scene import CUBE_COLORS, CUBE_HALF_SIZE_M, TABLE_TOP_Z
 from vam_policy.sim.tasks import (
@@ -24,7 +25,9 @@ from vam_policy.sim.tasks import (
     TASKS,
     LiftTask,
     PushLeftTask,
+    episode_name,
     get_task,
+    parse_episode_name,
 )
 
 REST_Z = TABLE_TOP_Z + CUBE_HALF_SIZE_M
@@ -273,3 +276,54 @@ def test_expert_commands_respect_the_profile_limits(arm: SimArm, name: str) -> N
     assert np.all(np.abs(velocity) <= np.array(profile["max_joint_velocity"][:7]))
     assert np.all(np.abs(acceleration) <= np.array(profile["max_joint_acceleration"][:7]))
     assert arm.success()
+
+
+@pytest.mark.parametrize("name", ["lift_red", "push_blue_left"])
+def test_an_expert_approach_ending_off_the_cube_is_corrected_on_the_way_down(
+        arm: SimArm, name: str) -> None:
+    """`approach_offset`: the approach ends that far off the usual point; the descent takes the
+    fingers to where the plain expert's go all the same, and the task is still solved."""
+    offset = (0.025, -0.02)
+    grips = {}
+    for shift in ((0.0, 0.0), offset):
+        obs = arm.reset(name, seed=7)
+        expert = make_expert(arm, shift)
+        at = {}
+        while obs.time < expert.duration_s + 0.3:
+            for moment in ("approach", "reach"):
+                when = getattr(expert, f"{moment}_s")
+                if moment not in at and obs.time >= when:
+                    at[moment] = arm.grip_position()
+            obs = arm.apply(expert.act(obs))
+        assert arm.success(), shift
+        grips[shift] = at
+    plain, shifted = grips[(0.0, 0.0)], grips[offset]
+    np.testing.assert_allclose(shifted["approach"][:2] - plain["approach"][:2], offset,
+                               atol=0.005)
+    np.testing.assert_allclose(shifted["reach"], plain["reach"], atol=0.005)
+
+
+def test_approach_offsets_fill_their_disc_evenly() -> None:
+    """Uniform over the disc: none outside it, a quarter within half its radius, no direction
+    preferred; a radius of 0 is no offset."""
+    rng = np.random.default_rng(0)
+    offsets = np.array([approach_offset(rng, 0.04) for _ in range(4000)])
+    distance = np.linalg.norm(offsets, axis=1)
+    assert distance.max() <= 0.04
+    assert np.mean(distance < 0.02) == pytest.approx(0.25, abs=0.03)
+    np.testing.assert_allclose(offsets.mean(axis=0), 0.0, atol=0.002)
+    assert approach_offset(rng, 0.0) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="radius_m >= 0"):
+        approach_offset(rng, -0.01)
+
+
+def test_a_recording_path_names_its_task_and_seed() -> None:
+    """`vam sim record` names each bag `<task>_<seed>`; colour-swapped copies and other sources
+    name none, since their instruction is not the task's."""
+    name = episode_name("push_green_left", 7)
+    assert name == "push_green_left_0007"
+    assert parse_episode_name(f"/data/demos/{name}") == (TASKS["push_green_left"], 7)
+    assert parse_episode_name("lift_red_1003") == (TASKS["lift_red"], 1003)
+    for other in ("/data/demos/lift_red_0003#brg", "/data/demos/lift_purple_0003",
+                  "/data/demos/lift_red", "bags/run_0001/rosbag"):
+        assert parse_episode_name(other) is None, other

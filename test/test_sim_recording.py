@@ -105,22 +105,27 @@ def test_disturbed_reaches_keep_the_expert_commands(processes: Processes,
     """--disturbance-rad: the same expert commands (the bag's actions), but during the approach
     and the descent the arm is off its undisturbed path by cm, not mm; the offset fades out
     before the grasp, so the episode is still solved and its last second is the undisturbed
-    one."""
+    one. --approach-offset-m: the commands themselves end the approach off the plain one's
+    point (that the fingers still get to the cube: `test_sim.py`)."""
     bags = {}
-    for name, extra in (("plain", ()), ("disturbed", ("--disturbance-rad", "0.04"))):
+    for name, extra in (("plain", ()), ("disturbed", ("--disturbance-rad", "0.04")),
+                        ("offset", ("--approach-offset-m", "0.04"))):
         demos = tmp_path / name
         assert _record(processes, demos, "--tasks", "lift_red", "--seed", "5", *extra) == 0
         summary = json.loads((demos / "recording.json").read_text())
-        assert summary["disturbance_rad"] == (0.04 if extra else 0.0)
+        assert summary["disturbance_rad"] == (0.04 if name == "disturbed" else 0.0)
+        assert summary["approach_offset_m"] == (0.04 if name == "offset" else 0.0)
         bags[name] = find_bags([demos])[0]
     profile = RecordingProfile.load(PROFILE)
     dataset = build_dataset(list(bags.values()), profile, tmp_path / "dataset", progress=False)
-    plain, disturbed = dataset.load_episode(0), dataset.load_episode(1)
+    plain, disturbed, offset = (dataset.load_episode(i) for i in range(3))
     np.testing.assert_allclose(disturbed.action, plain.action, atol=1e-6)  # same commands
     off_path = np.abs(disturbed.state[:, :7] - plain.state[:, :7]).mean(axis=1)  # [steps] rad
     assert off_path[2:14].mean() > 0.02, off_path  # the 1.6 s approach, 10 Hz
     assert off_path[16:20].mean() > 0.01, off_path  # the way down (1.6-2.6 s), fading out
     assert off_path[-10:].max() < 0.01, off_path
+    commanded_off = np.abs(offset.action[:, :7] - plain.action[:, :7]).mean(axis=1)  # [steps]
+    assert commanded_off[14:17].mean() > 0.005, commanded_off  # the approach's end
 
 
 def test_a_missing_profile_is_a_clear_error(processes: Processes, tmp_path: Path) -> None:

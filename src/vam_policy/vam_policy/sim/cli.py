@@ -40,6 +40,11 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                         "random joint offsets of this scale, faded out by the time the fingers "
                         "are at the cube; the bags keep the expert's "
                         "commands, so they show the way back (default 0: none)")
+    record.add_argument("--approach-offset-m", type=float, default=0.0, metavar="M",
+                        help="end each expert approach at a point drawn within this distance "
+                        "(horizontal, metres) of the usual one above the cube; the descent "
+                        "then corrects it, so the demos show how to correct an approach that "
+                        "ended off the cube (default 0: none)")
     record.set_defaults(func=run_sim_record)
     diagnose = verbs.add_parser(
         "diagnose", help="roll a checkpoint out in-process (no ROS) on held-out layouts, alone "
@@ -94,7 +99,8 @@ def run_sim_record(args: argparse.Namespace) -> int:
     try:
         results = record_demonstrations(args.profile, args.tasks, args.episodes_per_task,
                                         args.out, seed=args.seed, storage=args.storage,
-                                        disturbance_rad=args.disturbance_rad)
+                                        disturbance_rad=args.disturbance_rad,
+                                        approach_offset_m=args.approach_offset_m)
     except (ValueError, OSError) as error:  # e.g. no profile at the default relative path
         print(f"vam sim record: {error}", file=sys.stderr)
         return 2

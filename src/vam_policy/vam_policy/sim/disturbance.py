@@ -8,6 +8,10 @@ the cube (the approach and the descent to it), which fades to zero by the time t
 at the cube; the bag's commands stay the expert's, so from every disturbed state the
 demonstration says where the arm should go. An episode whose disturbed fingers knock the cube
 away is not solved and so not kept.
+
+`approach_offset` is the other way to show it: the expert's approach itself ends off the cube
+(where a policy's imprecise approach ends), so its descent shows how the view of the cube from
+there is corrected on the way down.
 """
 
 from __future__ import annotations
@@ -51,3 +55,12 @@ class ReachDisturbance:
         times = np.arange(steps) * period_s
         fade = np.clip((until_s - times) / self.fade_s, 0.0, 1.0)
         return offsets * fade[:, None]
+
+
+def approach_offset(rng: np.random.Generator, radius_m: float) -> tuple[float, float]:
+    """A horizontal offset (dx, dy, m) drawn uniformly from the disc of `radius_m`."""
+    if not radius_m >= 0:
+        raise ValueError(f"need radius_m >= 0, got {radius_m}")
+    distance = radius_m * math.sqrt(rng.uniform())
+    angle = rng.uniform(0.0, 2 * math.pi)
+    return distance * math.cos(angle), distance * math.sin(angle)

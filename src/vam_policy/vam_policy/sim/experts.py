@@ -237,10 +237,16 @@ class ScriptedExpert:
         return Command(joint_targets=q.copy(), gripper=gripper)
 
 
-def lift_expert(arm: SimArm, task: LiftTask) -> ScriptedExpert:
-    """Above the cube, straight down with the fingers open, close, lift well past the bar."""
+def lift_expert(arm: SimArm, task: LiftTask,
+                approach_offset: tuple[float, float] = (0.0, 0.0)) -> ScriptedExpert:
+    """Above the cube, straight down with the fingers open, close, lift well past the bar.
+
+    `approach_offset` (dx, dy, m) moves the point above the cube the approach ends at; the
+    descent then corrects it on its way down to the cube.
+    """
     x, y, _ = arm.cube_positions()[task.cube]
-    hover = (x, y, GRASP_HEIGHT_M + HOVER_M)
+    dx, dy = approach_offset
+    hover = (x + dx, y + dy, GRASP_HEIGHT_M + HOVER_M)
     grasp = (x, y, GRASP_HEIGHT_M)
     lifted = (x, y, GRASP_HEIGHT_M + task.lift_m + 0.07)
     waypoints = [
@@ -254,18 +260,21 @@ def lift_expert(arm: SimArm, task: LiftTask) -> ScriptedExpert:
     return ScriptedExpert(arm, waypoints, yaw=grasp_yaw(arm.cube_yaws()[task.cube]))
 
 
-def push_left_expert(arm: SimArm, task: PushLeftTask) -> ScriptedExpert:
+def push_left_expert(arm: SimArm, task: PushLeftTask,
+                     approach_offset: tuple[float, float] = (0.0, 0.0)) -> ScriptedExpert:
     """Fingers down on the cube's right, slide them left through it, then rise clear.
 
     The fingers close across the push (parallel to the face they push) and stay slightly open,
     so the two fingertips press the face at two points: a single narrow pusher lets the cube
-    spin away sideways.
+    spin away sideways. `approach_offset` (dx, dy, m) moves the point above the cube's right
+    the approach ends at; the descent corrects it.
     """
     x, y, _ = arm.cube_positions()[task.cube]
     behind = y + CUBE_HALF_SIZE_M + 0.04
     end = y - task.push_m - 0.09
+    dx, dy = approach_offset
     waypoints = [
-        Waypoint((x, behind, PUSH_HEIGHT_M + HOVER_M), 2.4, PUSH_OPENING),
+        Waypoint((x + dx, behind + dy, PUSH_HEIGHT_M + HOVER_M), 2.4, PUSH_OPENING),
         Waypoint((x, behind, PUSH_HEIGHT_M), 1.0, PUSH_OPENING),
         Waypoint((x, end, PUSH_HEIGHT_M), 2.0, PUSH_OPENING),
         Waypoint((x, end, PUSH_HEIGHT_M + HOVER_M), 1.0, PUSH_OPENING),
@@ -282,12 +291,14 @@ _EXPERTS: dict[type[Task], Callable[..., ScriptedExpert]] = {
 }
 
 
-def make_expert(arm: SimArm) -> ScriptedExpert:
-    """The scripted expert for the task `arm` was last reset with."""
+def make_expert(arm: SimArm,
+                approach_offset: tuple[float, float] = (0.0, 0.0)) -> ScriptedExpert:
+    """The scripted expert for the task `arm` was last reset with; its approach ends
+    `approach_offset` (dx, dy, m) off its usual point, which its descent then corrects."""
     task = arm.task
     for kind, build in _EXPERTS.items():
         if isinstance(task, kind):
-            return build(arm, task)
+            return build(arm, task, approach_offset)
     raise ValueError(f"no scripted expert for task {task.name!r} ({type(task).__name__})")
 
 

@@ -35,9 +35,9 @@ from rosbags.typesys import Stores, get_typestore
 from vam_policy.data.episodes import INSTRUCTION_FILE, RecordingProfile
 from vam_policy.ros.sim_parameters import SimNodeSettings, load_sim_settings
 from vam_policy.sim.arm import SimArm
-from vam_policy.sim.disturbance import ReachDisturbance
+from vam_policy.sim.disturbance import ReachDisturbance, approach_offset
 from vam_policy.sim.experts import make_expert
-from vam_policy.sim.tasks import get_task
+from vam_policy.sim.tasks import episode_name, get_task
 from vam_policy.sim.trajectory import controlled_joints, controller_state
 
 Storage = Literal["mcap", "sqlite3"]
@@ -50,6 +50,7 @@ _T = _TYPESTORE.types
 _IMAGE, _JOINTS = "sensor_msgs/msg/Image", "sensor_msgs/msg/JointState"
 _TRAJECTORY, _STRING = "trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/String"
 _DISTURBANCE_STREAM = 7  # the disturbance's random stream, apart from the layout's
+_APPROACH_STREAM = 8  # the approach offset's
 
 
 @dataclass(frozen=True)
@@ -115,17 +116,20 @@ def sent_by_timer(t: float, period_s: float, rate_hz: float) -> bool:
 
 def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: RecordingTopics,
                    storage: Storage = "mcap", settle_s: float = 0.3,
-                   disturbance: ReachDisturbance | None = None) -> RecordedEpisode:
+                   disturbance: ReachDisturbance | None = None,
+                   approach_offset_m: float = 0.0) -> RecordedEpisode:
     """Run `task`'s expert from `seed` and write every message to a new bag at `path`.
 
     Ends `settle_s` after the expert's plan or at the episode time limit, like
     `run_expert_episode`; success is judged at the end. The bag is written either way. With a
     `disturbance` (drawn from `seed`), the arm executes the expert's targets plus its offsets,
-    and the bag holds the expert's targets.
+    and the bag holds the expert's targets. With `approach_offset_m` > 0 the expert's approach
+    ends at a point drawn (from `seed`) within that distance of its usual one.
     """
     wall_start = time.monotonic()
     observation = arm.reset(task, seed)
-    expert = make_expert(arm)
+    offset = approach_offset(np.random.default_rng([seed, _APPROACH_STREAM]), approach_offset_m)
+    expert = make_expert(arm, offset)
     period = 1.0 / arm.config.control_hz
     joints = controlled_joints(arm.joint_names)
     start_ns = time.time_ns()
@@ -184,24 +188,29 @@ def record_demonstrations(
     seed: int = 0,
     storage: Storage = "mcap",
     disturbance_rad: float = 0.0,
+    approach_offset_m: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> list[RecordedEpisode]:
     """Record `episodes_per_task` expert episodes of each task (seeds seed, seed+1, ...).
 
     Writes `<out>/<task>_<seed>/` bags of the solved episodes only, and `<out>/recording.json`
     listing every episode. Refuses to overwrite an existing bag. `disturbance_rad` > 0 disturbs
-    each reach of the cube by a `ReachDisturbance` of that scale.
+    each reach of the cube by a `ReachDisturbance` of that scale; `approach_offset_m` > 0 ends
+    each approach up to that far off its usual point (`record_episode`).
     """
     topics, settings = RecordingTopics.from_profile(profile)
     for task in tasks:
         get_task(task)  # a typo fails before any episode runs
+    if not approach_offset_m >= 0:
+        raise ValueError(f"approach_offset_m must be >= 0, got {approach_offset_m}")
     if episodes_per_task < 1 or storage not in STORAGES or not tasks:
         raise ValueError(f"need tasks, episodes_per_task >= 1 and a storage in {STORAGES}, "
                          f"got {list(tasks)}, {episodes_per_task}, {storage!r}")
     disturbance = ReachDisturbance(disturbance_rad) if disturbance_rad else None
     out = Path(out)
     planned = [(task, seed + i) for task in tasks for i in range(episodes_per_task)]
-    existing = [str(out / _bag_name(*p)) for p in planned if (out / _bag_name(*p)).exists()]
+    existing = [str(out / name) for name in (episode_name(*p) for p in planned)
+                if (out / name).exists()]
     if existing:
         raise ValueError(f"refusing to overwrite recordings: {', '.join(existing)}")
     out.mkdir(parents=True, exist_ok=True)
@@ -211,12 +220,13 @@ def record_demonstrations(
     try:
         with SimArm(settings.arm_config()) as arm:
             for task, episode_seed in planned:
-                final = out / _bag_name(task, episode_seed)
+                final = out / episode_name(task, episode_seed)
                 # Written elsewhere under its final name (the storage file is named after the
                 # folder), then moved in whole: a crash leaves no half bag among the good ones.
                 partial = scratch / final.name
                 result = record_episode(arm, task, episode_seed, partial, topics, storage,
-                                        disturbance=disturbance)
+                                        disturbance=disturbance,
+                                        approach_offset_m=approach_offset_m)
                 if result.success:
                     (partial / INSTRUCTION_FILE).write_text(arm.task.instruction + "\n",
                                                             encoding="utf-8")
@@ -233,14 +243,11 @@ def record_demonstrations(
         shutil.rmtree(scratch, ignore_errors=True)
     kept = sum(r.success for r in results)
     summary = {"profile": str(profile), "storage": storage, "disturbance_rad": disturbance_rad,
+               "approach_offset_m": approach_offset_m,
                "kept": kept, "episodes": [asdict(r) for r in results]}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log(f"kept {kept} of {len(results)} episodes (only solved ones) in {out}")
     return results
-
-
-def _bag_name(task: str, seed: int) -> str:
-    return f"{task}_{seed:04d}"
 
 
 def _header(stamp_ns: int, frame_id: str = "") -> Any:

@@ -10,6 +10,7 @@ same kind of image. Coordinates are world frame, metres: +x from the robot towar
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -112,3 +113,21 @@ def get_task(name: str) -> Task:
     close = difflib.get_close_matches(name, TASKS, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ValueError(f"unknown sim task {name!r}.{hint} Known tasks: {', '.join(sorted(TASKS))}")
+
+
+_EPISODE_NAME = re.compile(r"(?:.*/)?([a-z]+(?:_[a-z]+)*)_(\d{4,})")
+
+
+def episode_name(task: str, seed: int) -> str:
+    """The name of the recording of `task` from `seed` (`vam sim record`'s bag folders)."""
+    return f"{task}_{seed:04d}"
+
+
+def parse_episode_name(source: str) -> tuple[Task, int] | None:
+    """The task and seed a recording was made of, from its path (a dataset episode's source);
+    None for any other source, colour-swapped copies (`...#brg`) included: their instruction
+    names another cube than the task's."""
+    match = _EPISODE_NAME.fullmatch(source)
+    if match is None or match.group(1) not in TASKS:
+        return None
+    return TASKS[match.group(1)], int(match.group(2))
