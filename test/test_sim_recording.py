@@ -134,6 +134,14 @@ def test_a_missing_profile_is_a_clear_error(processes: Processes, tmp_path: Path
                    profile=tmp_path / "missing.yaml") == 2
 
 
+def test_a_negative_approach_offset_is_a_clear_error(processes: Processes,
+                                                     tmp_path: Path) -> None:
+    """Exit 2 before any episode is recorded."""
+    out = tmp_path / "demos"
+    assert _record(processes, out, "--tasks", "lift_red", "--approach-offset-m", "-0.01") == 2
+    assert not out.exists()
+
+
 def test_profile_sections_must_agree(tmp_path: Path) -> None:
     """A sim publishing where the policy does not listen would record useless bags."""
     profile = _profile_with(tmp_path, cameras=["agentview"],
