@@ -318,12 +318,13 @@ def test_approach_offsets_fill_their_disc_evenly() -> None:
 
 
 def test_a_recording_path_names_its_task_and_seed() -> None:
-    """`vam sim record` names each bag `<task>_<seed>`; colour-swapped copies and other sources
-    name none, since their instruction is not the task's."""
+    """`vam sim record` names each bag `<task>_<seed>`; a colour-swapped copy names its
+    recording's (its renamed cube lies where the task's lies); other sources name none."""
     name = episode_name("push_green_left", 7)
     assert name == "push_green_left_0007"
     assert parse_episode_name(f"/data/demos/{name}") == (TASKS["push_green_left"], 7)
     assert parse_episode_name("lift_red_1003") == (TASKS["lift_red"], 1003)
-    for other in ("/data/demos/lift_red_0003#brg", "/data/demos/lift_purple_0003",
+    assert parse_episode_name("/data/demos/lift_red_0003#brg") == (TASKS["lift_red"], 3)
+    for other in ("/data/demos/lift_purple_0003", "/data/demos/lift_red_0003#xyz",
                   "/data/demos/lift_red", "bags/run_0001/rosbag"):
         assert parse_episode_name(other) is None, other

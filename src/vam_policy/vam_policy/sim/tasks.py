@@ -115,7 +115,7 @@ def get_task(name: str) -> Task:
     raise ValueError(f"unknown sim task {name!r}.{hint} Known tasks: {', '.join(sorted(TASKS))}")
 
 
-_EPISODE_NAME = re.compile(r"(?:.*/)?([a-z]+(?:_[a-z]+)*)_(\d{4,})")
+_EPISODE_NAME = re.compile(r"(?:.*/)?([a-z]+(?:_[a-z]+)*)_(\d{4,})(?:#[rgb]{3})?")
 
 
 def episode_name(task: str, seed: int) -> str:
@@ -124,9 +124,10 @@ def episode_name(task: str, seed: int) -> str:
 
 
 def parse_episode_name(source: str) -> tuple[Task, int] | None:
-    """The task and seed a recording was made of, from its path (a dataset episode's source);
-    None for any other source, colour-swapped copies (`...#brg`) included: their instruction
-    names another cube than the task's."""
+    """The task and seed of the recording an episode comes from, from its path (a dataset
+    episode's source); None for any other source. A colour-swapped copy (`...#brg`, `vam
+    dataset augment-colors`) gives its recording's: its instruction names the cube by its new
+    colour, but that cube lies where the task's cube lies."""
     match = _EPISODE_NAME.fullmatch(source)
     if match is None or match.group(1) not in TASKS:
         return None
