@@ -2,7 +2,7 @@
 
     python benchmarks/probe_cube_position.py --train DATASET --test DATASET \\
         [--checkpoint models/sim_panda/policy] [--backbone tiny ...] [--size 128x128 ...] \\
-        [--ridge 1,10]
+        [--ridge 1,10] [--anchor 0]
 
 On each sim lift episode's first observation (the arm still, nothing occluded), ridge
 regression (one per instruction colour word) maps an input to the xy of the cube that the
@@ -13,14 +13,22 @@ the cube the renamed word now names). Inputs, for the checkpoint's backbone and 
 and at each `--size` (one camera's view, HxW: a finer view gives the same VAE and transformer
 more latents and tokens): the backbone's features of the history tokens (what the instruction
 readout reads), the VAE's history latents, and the model-ready pixels of the newest frame, the
-yardstick. A decoder that reaches the cube to
+yardstick; and, as the floor, each word's mean target. A decoder that reaches the cube to
 within a few cm needs features that place it at least that well; the probe bounds what a
 linear read-out gets. Prints a table and writes JSON under benchmarks/results/.
+
+`--anchor N` (N > 0) probes the observation at episode step N instead, and its target is the
+arm's grip site's xy offset from the named cube there (forward kinematics through the sim
+`--profile`): what a descent needs to correct. On bags recorded with `--approach-offset-m`,
+`--anchor 16` asks whether the inputs say how far off the cube the approach ended.
 
 The committed results (`--size 128x128 --backbone tiny`): --train = the shipped checkpoint's
 dataset (128 demos a task, see its training.json) through `vam dataset augment-colors`;
 --test = `vam sim record --tasks lift_red,lift_green,lift_blue --episodes-per-task 12 --seed
 1000` (the evaluation's layouts), `vam dataset build`, `vam dataset augment-colors`.
+`approach_offset_probe.json` (`--anchor 16 --ridge 1,10,100 --name approach_offset_probe`):
+--train = 128 demos a task recorded with `--approach-offset-m 0.04`, `vam dataset build`;
+--test = the lifts of seeds 1000-1011 recorded likewise (as for `descent_correction.json`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from vam_policy.data.dataset import load_dataset
 from vam_policy.machine import describe_machine
 from vam_policy.model.checkpoint import load_checkpoint
 from vam_policy.model.policy import VAMPolicy
+from vam_policy.ros.sim_parameters import load_sim_settings
+from vam_policy.sim.arm import SimArm
 from vam_policy.sim.tasks import LiftTask, parse_episode_name
 from vam_policy.train.config import SampleConfig
 from vam_policy.train.samples import SampleSpec, episode_clip
@@ -44,9 +54,10 @@ from vam_policy.train.samples import SampleSpec, episode_clip
 INPUTS = ("features", "vae_latents", "pixels")
 
 
-def first_observations(policy: VAMPolicy, dataset: Path) -> dict[str, np.ndarray]:
-    """Each input at t = 0 of the dataset's lift episodes, with the named cube's xy (cm) and
-    the instruction's colour word."""
+def observations(policy: VAMPolicy, dataset: Path, anchor: int,
+                 arm: SimArm) -> dict[str, np.ndarray]:
+    """Each input at step `anchor` of the dataset's lift episodes, with the target (cm: the
+    named cube's xy at 0, else the grip site's xy offset from it) and the colour word."""
     data = load_dataset(dataset)
     config = policy.config
     spec = SampleSpec.from_policy(config, SampleConfig(), future=False)
@@ -57,9 +68,14 @@ def first_observations(policy: VAMPolicy, dataset: Path) -> dict[str, np.ndarray
         recorded = parse_episode_name(episode.source)
         if recorded is None or not isinstance(recorded[0], LiftTask):
             continue
-        task, seed = recorded
-        layout = task.sample_layout(task.episode_rng(seed))
-        clip = episode_clip(data.load_episode(index), 0, spec)
+        episode = data.load_episode(index)
+        if anchor >= len(episode.state):
+            continue
+        arm.reset(*recorded)
+        cube = arm.cube_positions()[arm.task.cube][:2]
+        if anchor:
+            cube = arm.grip_position_at(episode.state[anchor][:7])[:2] - cube
+        clip = episode_clip(episode, anchor, spec)
         with torch.no_grad():
             video = policy.preprocess_frames(clip[None])
             history = policy.backbone.encode_video(video)
@@ -69,11 +85,11 @@ def first_observations(policy: VAMPolicy, dataset: Path) -> dict[str, np.ndarray
         rows["features"].append(features[0, :tokens].flatten().numpy())
         rows["vae_latents"].append(history[0].flatten().numpy())
         rows["pixels"].append(video[0, :, -1].flatten().numpy())
-        cube = layout[task.cube]
-        rows["xy"].append([100 * cube.x, 100 * cube.y])
+        rows["xy"].append(100 * cube)
         rows["word"].append(episode.instruction.split()[2])
     if not rows["xy"]:
-        raise SystemExit(f"{dataset}: no sim lift episodes (sources like lift_red_0007)")
+        raise SystemExit(f"{dataset}: no sim lift episodes (sources like lift_red_0007) "
+                         f"longer than {anchor} steps")
     return {name: np.asarray(values) for name, values in rows.items()}
 
 
@@ -106,6 +122,14 @@ def ridge_errors(train: dict[str, np.ndarray], test: dict[str, np.ndarray], name
     return np.concatenate(errors)
 
 
+def mean_errors(train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> np.ndarray:
+    """|predicted - true| xy (cm) of every test episode when each colour word's training mean
+    is the prediction: what knowing nothing of the layout gets."""
+    errors = [np.abs(train["xy"][train["word"] == word].mean(0) - test["xy"][test["word"] == word])
+              for word in sorted(set(train["word"])) if (test["word"] == word).any()]
+    return np.concatenate(errors)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=Path, required=True, help="dataset the probes fit on")
@@ -119,11 +143,20 @@ def main() -> None:
                         metavar="HxW", help="also probe at this frame size of one camera's "
                         "view, e.g. 128x128 (repeatable)")
     parser.add_argument("--ridge", default="1,10", help="ridge penalties to try")
+    parser.add_argument("--anchor", type=int, default=0,
+                        help="episode step probed; above 0 the target is the grip site's "
+                        "offset from the named cube")
+    parser.add_argument("--profile", type=Path, default=Path("config/sim_panda.yaml"),
+                        help="the sim profile the episodes were recorded with")
     parser.add_argument("--name", default="cube_position_probe", help="results JSON name")
     args = parser.parse_args()
+    if args.anchor < 0:
+        parser.error(f"--anchor must be >= 0, got {args.anchor}")
     torch.set_num_threads(2)
     penalties = [float(value) for value in args.ridge.split(",")]
     results = {"machine": describe_machine(), "train": str(args.train), "test": str(args.test),
+               "anchor": args.anchor,
+               "target": "grip site's offset from the cube" if args.anchor else "cube",
                "rows": []}
     print("| backbone | frame | input | values | ridge | x error (cm) | y error (cm) "
           "| train / test |")
@@ -132,20 +165,23 @@ def main() -> None:
     results["checkpoint"] = str(args.checkpoint)
     cameras = shipped.config.cameras
     own = (shipped.config.backbone.height, shipped.config.backbone.width // cameras)
-    for backbone in ("checkpoint's", *args.backbone):
-        source = shipped.config.backbone.source if backbone == "checkpoint's" else backbone
-        for height, width in dict.fromkeys([own, *args.size]):
-            policy = (shipped if (backbone, (height, width)) == ("checkpoint's", own) else
-                      VAMPolicy.build(shipped.config.with_backbone(
-                          source=source, height=height, width=width * cameras)).eval())
-            frame = f"{height}x{width * cameras}"
-            train, test = (first_observations(policy, args.train),
-                           first_observations(policy, args.test))
-            for name in INPUTS:
-                for ridge in penalties:
-                    error = ridge_errors(train, test, name, ridge).mean(0)
+    probes = [(name, ridge) for name in INPUTS for ridge in penalties] + [("mean", 0.0)]
+    with SimArm(load_sim_settings(args.profile).arm_config()) as arm:
+        for backbone in ("checkpoint's", *args.backbone):
+            source = shipped.config.backbone.source if backbone == "checkpoint's" else backbone
+            for height, width in dict.fromkeys([own, *args.size]):
+                policy = (shipped if (backbone, (height, width)) == ("checkpoint's", own) else
+                          VAMPolicy.build(shipped.config.with_backbone(
+                              source=source, height=height, width=width * cameras)).eval())
+                frame = f"{height}x{width * cameras}"
+                train, test = (observations(policy, args.train, args.anchor, arm),
+                               observations(policy, args.test, args.anchor, arm))
+                for name, ridge in probes:
+                    error = (mean_errors(train, test) if name == "mean" else
+                             ridge_errors(train, test, name, ridge)).mean(0)
                     row = {"backbone": backbone, "frame": frame, "input": name,
-                           "values": int(train[name].shape[1]), "ridge": ridge,
+                           "values": int(train[name].shape[1]) if name in INPUTS else 0,
+                           "ridge": ridge,
                            "x_error_cm": float(error[0]), "y_error_cm": float(error[1]),
                            "train_episodes": len(train["xy"]),
                            "test_episodes": len(test["xy"])}
