@@ -14,6 +14,7 @@ from vam_policy.data.augment import (
     color_swapped,
     color_variants,
     swap_permutations,
+    swapped_from,
     write_color_swapped,
 )
 from vam_policy.data.cli import add_dataset_commands
@@ -47,6 +48,17 @@ def test_the_red_thing_is_renamed_to_the_colour_it_is_painted() -> None:
     assert tuple(swapped.frames[0][0, 0, 0]) == GREY
     np.testing.assert_array_equal(swapped.action, episode.action)
     np.testing.assert_array_equal(swapped.state, episode.state)
+
+
+@pytest.mark.parametrize("permutation", swap_permutations())
+def test_a_copy_names_the_episode_it_was_made_from(permutation: tuple[int, int, int]) -> None:
+    """`swapped_from` undoes what `color_swapped` appends to the source, and only that."""
+    episode = _episode("lift the red cube", 0)
+    copy = color_swapped(episode, permutation, ColorWords())
+    assert copy.source != episode.source
+    assert swapped_from(copy.source) == episode.source
+    for other in ("demos/lift_red_0003", "demos/lift_red_0003#xyz", "a#rgb/lift_red_0003"):
+        assert swapped_from(other) == other
 
 
 @pytest.mark.parametrize("permutation", swap_permutations())

@@ -26,6 +26,7 @@ from vam_policy.data.dataset import Dataset, write_dataset
 from vam_policy.data.episodes import Episode
 
 RGB = 3
+_SWAP_SUFFIX = re.compile(r"#[rgb]{3}$")  # what color_swapped appends to a copy's source
 Permutation = tuple[int, int, int]
 """Output channel i takes input channel p[i]."""
 
@@ -68,6 +69,12 @@ def swap_permutations(swaps: str = "all") -> list[Permutation]:
     if swaps not in SWAP_SETS:
         raise ValueError(f"unknown swap set {swaps!r}; expected one of {sorted(SWAP_SETS)}")
     return list(SWAP_SETS[swaps])
+
+
+def swapped_from(source: str) -> str:
+    """The source of the episode a colour-swapped copy's `source` was made from (`...#brg` ->
+    `...`); any other source unchanged."""
+    return _SWAP_SUFFIX.sub("", source)
 
 
 def color_swapped(episode: Episode, permutation: Permutation, words: ColorWords) -> Episode:

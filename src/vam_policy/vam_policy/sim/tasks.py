@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vam_policy.data.augment import swapped_from
 from vam_policy.sim.scene import (
     CUBE_COLORS,
     CUBE_HALF_SIZE_M,
@@ -115,7 +116,7 @@ def get_task(name: str) -> Task:
     raise ValueError(f"unknown sim task {name!r}.{hint} Known tasks: {', '.join(sorted(TASKS))}")
 
 
-_EPISODE_NAME = re.compile(r"(?:.*/)?([a-z]+(?:_[a-z]+)*)_(\d{4,})(?:#[rgb]{3})?")
+_EPISODE_NAME = re.compile(r"(?:.*/)?([a-z]+(?:_[a-z]+)*)_(\d{4,})")
 
 
 def episode_name(task: str, seed: int) -> str:
@@ -128,7 +129,7 @@ def parse_episode_name(source: str) -> tuple[Task, int] | None:
     episode's source); None for any other source. A colour-swapped copy (`...#brg`, `vam
     dataset augment-colors`) gives its recording's: its instruction names the cube by its new
     colour, but that cube lies where the task's cube lies."""
-    match = _EPISODE_NAME.fullmatch(source)
+    match = _EPISODE_NAME.fullmatch(swapped_from(source))
     if match is None or match.group(1) not in TASKS:
         return None
     return TASKS[match.group(1)], int(match.group(2))
