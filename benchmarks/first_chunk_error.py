@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from results_io import write_result
+from sim_lifts import lift_episodes
 
 from vam_policy.data.dataset import load_dataset
 from vam_policy.machine import describe_machine
@@ -37,7 +38,7 @@ from vam_policy.model.checkpoint import load_checkpoint
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.ros.sim_parameters import load_sim_settings
 from vam_policy.sim.arm import SimArm
-from vam_policy.sim.tasks import ROW_X, START_Y_RANGE, LiftTask, parse_episode_name
+from vam_policy.sim.tasks import ROW_X, START_Y_RANGE
 from vam_policy.train.config import SampleConfig
 from vam_policy.train.samples import SampleSpec, episode_clip
 
@@ -86,15 +87,7 @@ def main() -> None:
     errors: dict[str, list[np.ndarray]] = {name: [] for name in CHUNKS}
     offsets: dict[str, list[np.ndarray]] = {"cube": [], "arm": []}
     with SimArm(load_sim_settings(args.profile).arm_config()) as arm:
-        for index, entry in enumerate(data.episodes):
-            recorded = parse_episode_name(entry.source)
-            if recorded is None or not isinstance(recorded[0], LiftTask):
-                continue
-            episode = data.load_episode(index)
-            if args.anchor + args.step >= len(episode.action):
-                continue
-            arm.reset(*recorded)
-            cube = arm.cube_positions()[arm.task.cube][:2]
+        for entry, episode, cube in lift_episodes(data, arm, args.anchor + args.step):
             predicted = chunks(policy, episode_clip(episode, args.anchor, spec),
                                episode.state[args.anchor], entry.instruction)
             expert = arm.grip_position_at(episode.action[args.anchor + args.step][:7])[:2]

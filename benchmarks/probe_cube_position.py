@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from results_io import write_result
+from sim_lifts import lift_episodes
 
 from vam_policy.data.dataset import load_dataset
 from vam_policy.machine import describe_machine
@@ -47,7 +48,6 @@ from vam_policy.model.checkpoint import load_checkpoint
 from vam_policy.model.policy import VAMPolicy
 from vam_policy.ros.sim_parameters import load_sim_settings
 from vam_policy.sim.arm import SimArm
-from vam_policy.sim.tasks import LiftTask, parse_episode_name
 from vam_policy.train.config import SampleConfig
 from vam_policy.train.samples import SampleSpec, episode_clip
 
@@ -64,29 +64,21 @@ def observations(policy: VAMPolicy, dataset: Path, anchor: int,
     tokens = config.decoder.readout_tokens or (config.backbone.history_latent_frames
                                                * int(np.prod(config.decoder.video_grid[1:])))
     rows: dict[str, list[Any]] = {name: [] for name in (*INPUTS, "xy", "word")}
-    for index, episode in enumerate(data.episodes):
-        recorded = parse_episode_name(episode.source)
-        if recorded is None or not isinstance(recorded[0], LiftTask):
-            continue
-        episode = data.load_episode(index)
-        if anchor >= len(episode.state):
-            continue
-        arm.reset(*recorded)
-        cube = arm.cube_positions()[arm.task.cube][:2]
+    for entry, episode, cube in lift_episodes(data, arm, anchor):
         if anchor:
             cube = arm.grip_position_at(episode.state[anchor][:7])[:2] - cube
         clip = episode_clip(episode, anchor, spec)
         with torch.no_grad():
             video = policy.preprocess_frames(clip[None])
             history = policy.backbone.encode_video(video)
-            text = policy.embed_instructions([episode.instruction])
+            text = policy.embed_instructions([entry.instruction])
             features = policy.backbone.features(history, text, 1.0,
                                                 generator=torch.Generator().manual_seed(0))
         rows["features"].append(features[0, :tokens].flatten().numpy())
         rows["vae_latents"].append(history[0].flatten().numpy())
         rows["pixels"].append(video[0, :, -1].flatten().numpy())
         rows["xy"].append(100 * cube)
-        rows["word"].append(episode.instruction.split()[2])
+        rows["word"].append(entry.instruction.split()[2])
     if not rows["xy"]:
         raise SystemExit(f"{dataset}: no sim lift episodes (sources like lift_red_0007) "
                          f"longer than {anchor} steps")
