@@ -15,7 +15,7 @@ from vam_policy.data.bag_reader import BagReader, find_bags
 from vam_policy.data.dataset import build_dataset
 from vam_policy.data.episodes import RecordingProfile
 from vam_policy.ros.sim_parameters import load_sim_settings
-from vam_policy.sim.recording import RecordingTopics, sent_by_timer
+from vam_policy.sim.recording import PolicyRollIn, RecordingTopics, sent_by_timer
 
 PROFILE = REPO_ROOT / "config" / "sim_panda.yaml"
 SIM = load_sim_settings(PROFILE)
@@ -128,6 +128,40 @@ def test_disturbed_reaches_keep_the_expert_commands(processes: Processes,
     assert commanded_off[14:17].mean() > 0.005, commanded_off  # the approach's end
 
 
+def test_a_policy_roll_in_keeps_the_expert_commands(processes: Processes,
+                                                    tmp_path: Path) -> None:
+    """--policy: the shipped checkpoint drives the arm until the handover (half the expert's
+    2.6 s reach here), the expert from then on; the bag's commands are the plain expert's
+    throughout, while the arm's states before the handover are the policy's own."""
+    bags = {}
+    for name, extra in (("plain", ()),
+                        ("roll_in", ("--policy", str(REPO_ROOT / "models/sim_panda/policy"),
+                                     "--policy-share", "0.5", "0.5"))):
+        demos = tmp_path / name
+        assert _record(processes, demos, "--tasks", "lift_red", "--seed", "5", *extra) == 0
+        bags[name] = find_bags([demos])[0]
+    summary = json.loads((tmp_path / "roll_in" / "recording.json").read_text())
+    assert summary["policy"].endswith("policy") and summary["policy_reach_share"] == [0.5, 0.5]
+    assert summary["episodes"][0]["handover_s"] == pytest.approx(1.3)
+    profile = RecordingProfile.load(PROFILE)
+    dataset = build_dataset(list(bags.values()), profile, tmp_path / "dataset", progress=False)
+    plain, roll_in = (dataset.load_episode(i) for i in range(2))
+    np.testing.assert_allclose(roll_in.action, plain.action, atol=1e-6)  # the expert's labels
+    off_path = np.abs(roll_in.state[:, :7] - plain.state[:, :7]).max(axis=1)  # [steps] rad
+    assert off_path[5:14].max() > 0.005, off_path  # the policy drove the approach
+    assert off_path[-10:].max() < 0.005, off_path  # the expert finished it
+
+
+def test_policy_roll_in_handover_times() -> None:
+    """Drawn per seed (the same each time) within the share range of the reach time."""
+    roll_in = PolicyRollIn(lambda arm, instruction, seed: None, "ckpt", (0.25, 0.75))
+    times = [roll_in.handover_s(seed, 2.0) for seed in range(50)]
+    assert times == [roll_in.handover_s(seed, 2.0) for seed in range(50)]
+    assert 0.5 <= min(times) < 0.7 and 1.3 < max(times) <= 1.5
+    with pytest.raises(ValueError, match="reach_share"):
+        PolicyRollIn(lambda arm, instruction, seed: None, "ckpt", (0.8, 0.2))
+
+
 def test_a_missing_profile_is_a_clear_error(processes: Processes, tmp_path: Path) -> None:
     """Exit 2 and no traceback (e.g. the default relative profile path outside the repo)."""
     assert _record(processes, tmp_path / "demos", "--tasks", "lift_red",
@@ -136,9 +170,10 @@ def test_a_missing_profile_is_a_clear_error(processes: Processes, tmp_path: Path
 
 def test_a_negative_approach_offset_is_a_clear_error(processes: Processes,
                                                      tmp_path: Path) -> None:
-    """Exit 2 before any episode is recorded."""
+    """Exit 2 before any episode is recorded; so for a missing --policy checkpoint."""
     out = tmp_path / "demos"
     assert _record(processes, out, "--tasks", "lift_red", "--approach-offset-m", "-0.01") == 2
+    assert _record(processes, out, "--tasks", "lift_red", "--policy", tmp_path / "none") == 2
     assert not out.exists()
 
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vam_policy.sim.recording import PolicyRollIn
 
 DEFAULT_PROFILE = Path("config/sim_panda.yaml")
 
@@ -45,6 +49,15 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                         "(horizontal, metres) of the usual one above the cube; the descent "
                         "then corrects it, so the demos show how to correct an approach that "
                         "ended off the cube (default 0: none)")
+    record.add_argument("--policy", type=Path, default=None, metavar="CHECKPOINT",
+                        help="let this policy drive each episode first (DAgger): the expert takes "
+                        "over at a time drawn from --policy-share of its reach, and the bags hold "
+                        "the expert's commands throughout, so they show the way from the "
+                        "policy's own mistakes (default: the expert drives)")
+    record.add_argument("--policy-share", type=float, nargs=2, default=(0.25, 1.0),
+                        metavar=("LOW", "HIGH"),
+                        help="range of the handover time as shares of the expert's reach time "
+                        "(the end of its descent to the cube) (default %(default)s)")
     record.set_defaults(func=run_sim_record)
     diagnose = verbs.add_parser(
         "diagnose", help="roll a checkpoint out in-process (no ROS) on held-out layouts, alone "
@@ -97,14 +110,30 @@ def run_sim_record(args: argparse.Namespace) -> int:
     from vam_policy.sim.recording import record_demonstrations
 
     try:
+        roll_in = None if args.policy is None else policy_roll_in(args)
         results = record_demonstrations(args.profile, args.tasks, args.episodes_per_task,
                                         args.out, seed=args.seed, storage=args.storage,
                                         disturbance_rad=args.disturbance_rad,
-                                        approach_offset_m=args.approach_offset_m)
+                                        approach_offset_m=args.approach_offset_m,
+                                        roll_in=roll_in)
     except (ValueError, OSError) as error:  # e.g. no profile at the default relative path
         print(f"vam sim record: {error}", file=sys.stderr)
         return 2
     return 0 if any(r.success for r in results) else 1
+
+
+def policy_roll_in(args: argparse.Namespace) -> PolicyRollIn:
+    """`--policy`'s checkpoint following its chunks as the profile's node does (re-planning
+    every replan_steps actions, its noise_scale)."""
+    from vam_policy.model.checkpoint import load_checkpoint
+    from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
+    from vam_policy.sim.diagnose import follow_chunks
+    from vam_policy.sim.recording import PolicyRollIn
+
+    node = settings_from_parameters(load_parameters_file(args.profile))
+    policy = load_checkpoint(args.policy).eval()
+    drive = follow_chunks(policy, max(1, node.replan_steps), node.noise_scale)
+    return PolicyRollIn(drive, str(args.policy), tuple(args.policy_share))
 
 
 def run_sim_diagnose(args: argparse.Namespace) -> int:

@@ -14,6 +14,11 @@ one-point trajectory stamped when it was decided, reaching its target one contro
 (what the sim node executes). So `vam dataset build` reads these bags like real recordings, and
 a policy trained on them meets the same signals in the closed loop. Only episodes the expert
 solved are kept. No rclpy here.
+
+With a `PolicyRollIn` (`vam sim record --policy CKPT`, the idea of DAgger, Ross et al. 2011)
+a trained policy drives the arm for the first part of each reach and the expert then takes
+over, while the bag holds the expert's commands throughout: the demonstrations visit the states
+the policy's own errors lead to, each labelled with where the expert would have the arm go.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -40,6 +45,9 @@ from vam_policy.sim.experts import make_expert
 from vam_policy.sim.tasks import episode_name, get_task
 from vam_policy.sim.trajectory import controlled_joints, controller_state
 
+if TYPE_CHECKING:
+    from vam_policy.sim.diagnose import DriverFactory
+
 Storage = Literal["mcap", "sqlite3"]
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
 SUMMARY_FILE = "recording.json"
@@ -51,6 +59,7 @@ _IMAGE, _JOINTS = "sensor_msgs/msg/Image", "sensor_msgs/msg/JointState"
 _TRAJECTORY, _STRING = "trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/String"
 _DISTURBANCE_STREAM = 7  # the disturbance's random stream, apart from the layout's
 _APPROACH_STREAM = 8  # the approach offset's
+_HANDOVER_STREAM = 9  # the policy roll-in's handover time
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,39 @@ class RecordingTopics:
 
 
 @dataclass(frozen=True)
+class PolicyRollIn:
+    """A policy that drives the arm from the reset until a handover time, then the expert.
+
+    Attributes:
+        drive: makes the policy's driver of one episode (arm, instruction, seed).
+        source: where the policy came from (its checkpoint), for the recording's summary.
+        reach_share: the handover time is drawn (from the episode seed) uniformly from this
+            range of shares of the expert's reach time (the end of its descent to the cube):
+            from early in the approach, where a policy's errors begin, to the fingers at the
+            cube.
+    """
+
+    drive: DriverFactory
+    source: str
+    reach_share: tuple[float, float] = (0.25, 1.0)
+
+    def __post_init__(self) -> None:
+        low, high = self.reach_share
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"reach_share must be 0 <= low <= high <= 1, got {self.reach_share}")
+
+    def handover_s(self, seed: int, reach_s: float) -> float:
+        """Episode `seed`'s handover time for an expert whose reach ends at `reach_s`."""
+        rng = np.random.default_rng([seed, _HANDOVER_STREAM])
+        return float(rng.uniform(*self.reach_share) * reach_s)
+
+
+@dataclass(frozen=True)
 class RecordedEpisode:
-    """One expert episode: how it ended and where its bag is ("" when it was dropped)."""
+    """One expert episode: how it ended and where its bag is ("" when it was dropped).
+
+    `handover_s`: when the expert took the arm over from a `PolicyRollIn`'s policy (0: it
+    drove from the start)."""
 
     task: str
     seed: int
@@ -105,6 +145,7 @@ class RecordedEpisode:
     sim_time_s: float
     wall_time_s: float
     bag: str
+    handover_s: float = 0.0
 
 
 def sent_by_timer(t: float, period_s: float, rate_hz: float) -> bool:
@@ -117,19 +158,24 @@ def sent_by_timer(t: float, period_s: float, rate_hz: float) -> bool:
 def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: RecordingTopics,
                    storage: Storage = "mcap", settle_s: float = 0.3,
                    disturbance: ReachDisturbance | None = None,
-                   approach_offset_m: float = 0.0) -> RecordedEpisode:
+                   approach_offset_m: float = 0.0,
+                   roll_in: PolicyRollIn | None = None) -> RecordedEpisode:
     """Run `task`'s expert from `seed` and write every message to a new bag at `path`.
 
     Ends `settle_s` after the expert's plan or at the episode time limit, like
     `run_expert_episode`; success is judged at the end. The bag is written either way. With a
     `disturbance` (drawn from `seed`), the arm executes the expert's targets plus its offsets,
     and the bag holds the expert's targets. With `approach_offset_m` > 0 the expert's approach
-    ends at a point drawn (from `seed`) within that distance of its usual one.
+    ends at a point drawn (from `seed`) within that distance of its usual one. With a
+    `roll_in`, its policy drives the arm (it sees every state) until the handover time and the
+    expert from then on; the bag holds the expert's commands from the start.
     """
     wall_start = time.monotonic()
     observation = arm.reset(task, seed)
     offset = approach_offset(np.random.default_rng([seed, _APPROACH_STREAM]), approach_offset_m)
     expert = make_expert(arm, offset)
+    driver = roll_in.drive(arm, arm.task.instruction, seed) if roll_in is not None else None
+    handover_s = roll_in.handover_s(seed, expert.reach_s) if roll_in is not None else 0.0
     period = 1.0 / arm.config.control_hz
     joints = controlled_joints(arm.joint_names)
     start_ns = time.time_ns()
@@ -172,11 +218,15 @@ def record_episode(arm: SimArm, task: str, seed: int, path: Path, topics: Record
             command = expert.act(observation)
             write(topics.trajectory_topic, stamp, _trajectory(
                 joints, [*command.joint_targets, command.gripper], stamp, period))
+            if driver is not None:
+                driver.observe(observation)
+                if observation.time < handover_s - 1e-9:
+                    command = driver.command(observation)
             previous_gripper = observation.gripper_opening
             observation = arm.step(command.joint_targets + offsets[steps], command.gripper)
             steps += 1
     return RecordedEpisode(arm.task.name, seed, arm.success(), steps, observation.time,
-                           time.monotonic() - wall_start, str(path))
+                           time.monotonic() - wall_start, str(path), handover_s)
 
 
 def record_demonstrations(
@@ -189,6 +239,7 @@ def record_demonstrations(
     storage: Storage = "mcap",
     disturbance_rad: float = 0.0,
     approach_offset_m: float = 0.0,
+    roll_in: PolicyRollIn | None = None,
     log: Callable[[str], None] = print,
 ) -> list[RecordedEpisode]:
     """Record `episodes_per_task` expert episodes of each task (seeds seed, seed+1, ...).
@@ -196,7 +247,8 @@ def record_demonstrations(
     Writes `<out>/<task>_<seed>/` bags of the solved episodes only, and `<out>/recording.json`
     listing every episode. Refuses to overwrite an existing bag. `disturbance_rad` > 0 disturbs
     each reach of the cube by a `ReachDisturbance` of that scale; `approach_offset_m` > 0 ends
-    each approach up to that far off its usual point (`record_episode`).
+    each approach up to that far off its usual point; a `roll_in` lets its policy drive the
+    first part of each reach (`record_episode`).
     """
     topics, settings = RecordingTopics.from_profile(profile)
     for task in tasks:
@@ -226,7 +278,7 @@ def record_demonstrations(
                 partial = scratch / final.name
                 result = record_episode(arm, task, episode_seed, partial, topics, storage,
                                         disturbance=disturbance,
-                                        approach_offset_m=approach_offset_m)
+                                        approach_offset_m=approach_offset_m, roll_in=roll_in)
                 if result.success:
                     (partial / INSTRUCTION_FILE).write_text(arm.task.instruction + "\n",
                                                             encoding="utf-8")
@@ -236,14 +288,17 @@ def record_demonstrations(
                     shutil.rmtree(partial)
                     result = RecordedEpisode(**{**asdict(result), "bag": ""})
                 results.append(result)
+                handover = f", expert from {result.handover_s:.1f} s" if roll_in else ""
                 log(f"{task} seed {episode_seed}: {'solved' if result.success else 'FAILED'} in "
-                    f"{result.sim_time_s:.1f} s sim, {result.wall_time_s:.1f} s wall"
+                    f"{result.sim_time_s:.1f} s sim{handover}, {result.wall_time_s:.1f} s wall"
                     + (f" -> {final}" if result.success else " (dropped)"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     kept = sum(r.success for r in results)
     summary = {"profile": str(profile), "storage": storage, "disturbance_rad": disturbance_rad,
                "approach_offset_m": approach_offset_m,
+               "policy": roll_in.source if roll_in else None,
+               "policy_reach_share": list(roll_in.reach_share) if roll_in else None,
                "kept": kept, "episodes": [asdict(r) for r in results]}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log(f"kept {kept} of {len(results)} episodes (only solved ones) in {out}")
