@@ -119,7 +119,9 @@ def test_reset_then_camera_and_joint_states_in_real_time(sim: Sim) -> None:
     assert 15.0 <= joint_rate <= 21.0, joint_rate  # each 20 Hz physics state once
     assert all(e["names"] == JOINTS and len(e["velocities"]) == 8 for e in joints)
     assert joints[-1]["positions"][-1] == pytest.approx(1.0, abs=0.02)
-    status = sim.events("episode", since=start + 2.0)[-1]
+    # Status comes at 4 Hz: wait for one from 2 s on (the 0.2 s left of the sleep is shorter
+    # than its period, so one need not have arrived yet).
+    status = sim.wait_for("episode", since=start + 2.0)
     assert (status["episode"] >= 2 and status["task"] == "lift_blue" and status["seed"] == 3)
     assert status["sim_time"] == pytest.approx(status["recv"] - start, abs=0.4)
     assert status["rtf"] > 0.7 and not status["done"] and status["accepted"] == 0
