@@ -29,6 +29,7 @@ from vam_policy.sim.diagnose import (
     markdown_table,
     moved_cube,
     nearest_cube,
+    note_grip,
     summarize,
 )
 from vam_policy.sim.node_loop import NodeLoop
@@ -64,7 +65,9 @@ def test_follower_plays_each_chunk_on_its_time_grid_then_replans(policy: VAMPoli
     start = np.r_[first.joint_positions, first.gripper_opening]
     chunk = policy.predict(np.stack([first.rgb] * cfg.history_frames), start, INSTRUCTION,
                            seed=7000)
+    assert follower.started_s is None
     command = follower.command(first)
+    assert follower.started_s == 2.0  # its clock: the first chunk's observation
     np.testing.assert_allclose(command.joint_targets, chunk[0, :7], atol=1e-6)
     assert command.gripper == pytest.approx(np.clip(chunk[0, 7], 0.0, 1.0), abs=1e-6)
     for k in (1, 2):
@@ -119,6 +122,7 @@ def test_node_loop_runs_the_nodes_timing_and_safety_filter(policy: VAMPolicy) ->
     assert stamps[0] >= (cfg.history_frames - 1) / cfg.fps - 1e-6  # first frame stamped 0
     assert np.all((arrivals - stamps >= latency - 1e-9) & (arrivals - stamps < latency + period))
     assert np.all(np.diff(stamps) >= node.replan_steps * cfg.action_dt - 1e-3)
+    assert loop.started_s == stamps[0]
     times = np.array([t for t, _ in commands])
     targets = np.stack([target for _, target in commands])
     np.testing.assert_allclose(targets[times <= arrivals[0]], start[None].repeat(
@@ -152,6 +156,21 @@ def test_the_touched_cube_is_the_one_moved_more_than_a_centimetre() -> None:
                                "green": np.array([-0.02, 0.07, 0.82])}) == "green"
     assert moved_cube(starts, {"red": np.array([-0.12, 0.0, 0.82]),
                                "green": np.array([-0.02, 0.05, 0.82])}) == "red"
+
+
+def test_marks_are_taken_on_the_policys_clock() -> None:
+    """The grip site is noted under a mark once the mark's time has passed since the policy's
+    first chunk's observation, and not at all before that chunk."""
+    with SimArm(load_sim_settings(PROFILE).arm_config()) as arm:
+        arm.reset("lift_red", 1000)
+        times, notes = {"approach": 1.5, "reach": 2.5}, {}
+        note_grip(notes, times, arm, 3.0, None)
+        assert notes == {}
+        note_grip(notes, times, arm, 1.8, 0.4)
+        assert notes == {}
+        note_grip(notes, times, arm, 1.9, 0.4)
+        assert list(notes) == ["approach"]
+        np.testing.assert_allclose(notes["approach"], arm.grip_position()[:2])
 
 
 def test_summary_rates_errors_and_tolerance() -> None:

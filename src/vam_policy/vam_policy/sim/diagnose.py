@@ -8,10 +8,13 @@ expert's commands in the demonstrations are), and the policy re-plans every `rep
 actions (the profile's; 0, which the node reads as "at every newer camera frame", is taken
 as 1) with the profile's `noise_scale`. Each layout runs twice:
 
-- alone: the policy from the start. Where its grip site is when the scripted expert ends its
-  approach (above the cube to lift it, beside it to push it) against where the expert's is then
-  is the *approach error*: along x (depth: the cubes' rows) and y (across the table). The same
-  when the expert's fingers are down at the cube, about to close or push, is the *reach error*:
+- alone: the policy from the start. Where its grip site is as long after its first chunk's
+  observation as the scripted expert takes from the reset to the end of its approach (above the
+  cube to lift it, beside it to push it), against where the expert's is then, is the *approach
+  error*: along x (depth: the cubes' rows) and y (across the table). Timed on the policy's own
+  clock, so a policy that starts late (the node waits until its camera history spans
+  `history_frames`, 0.4 s) is not counted short for it. The same at the time the expert's
+  fingers are down at the cube, about to close or push, is the *reach error*:
   a policy that approaches well but drifts on the way down has a small approach error and a
   large reach error. The cube whose starting place is nearest the grip site at the end of the
   approach is the one it *approached*: a policy that has not bound the instruction's colour to
@@ -73,9 +76,11 @@ NOISE_DRAW_STRIDE = 100_000
 class Driver(Protocol):
     """Drives the arm for a policy: sees every state, commands once it has taken over.
 
-    `fault`: why its safety filter stopped commanding for the rest of the rollout, or None."""
+    `fault`: why its safety filter stopped commanding for the rest of the rollout, or None.
+    `started_s`: the stamp of the observation its first chunk was planned from, None before."""
 
     fault: str | None
+    started_s: float | None
 
     def observe(self, observation: Observation) -> None: ...
 
@@ -104,6 +109,7 @@ class ChunkFollower:
         self._chunk: TimedChunk | None = None
         self._chunks = 0
         self.fault: str | None = None  # no safety filter here
+        self.started_s: float | None = None
 
     def observe(self, observation: Observation) -> None:
         """Add the camera frame. The first one also stands for the still scene before it, as
@@ -128,6 +134,8 @@ class ChunkFollower:
                                          noise_scale=self._noise_scale)
             self._chunk = TimedChunk(chunk, t, cfg.action_dt, len(chunk))
             self._chunks += 1
+            if self.started_s is None:
+                self.started_s = t
         target = self._chunk.commanded(np.array([t]))[0]  # [J]
         return Command(joint_targets=target[:-1], gripper=float(np.clip(target[-1], 0.0, 1.0)))
 
@@ -184,11 +192,14 @@ def moved_cube(starts: dict[str, np.ndarray], now: dict[str, np.ndarray]) -> str
     return color if distance[color] > MOVED_M else None
 
 
-def _note_grip(notes: dict[str, np.ndarray], times: dict[str, float], arm: SimArm,
-               now: float) -> None:
-    """Note the grip site's x, y under each mark whose time has come and has no note yet."""
+def note_grip(notes: dict[str, np.ndarray], times: dict[str, float], arm: SimArm,
+             now: float, start_s: float | None = 0.0) -> None:
+    """Note the grip site's x, y under each mark whose time (after `start_s`; None: not
+    started yet) has come and has no note yet."""
+    if start_s is None:
+        return
     for mark, mark_s in times.items():
-        if mark not in notes and now >= mark_s - 1e-9:
+        if mark not in notes and now >= start_s + mark_s - 1e-9:
             notes[mark] = grip_xy(arm)
 
 
@@ -203,7 +214,7 @@ def diagnose_episode(arm: SimArm, drive: DriverFactory, task: str, seed: int,
     times = {mark: getattr(expert, f"{mark}_s") for mark in MARKS}  # the expert's plan
     expert_at: dict[str, np.ndarray] = {}
     while True:
-        _note_grip(expert_at, times, arm, observation.time)
+        note_grip(expert_at, times, arm, observation.time)
         if len(expert_at) == len(times):
             break
         observation = arm.apply(expert.act(observation))
@@ -218,7 +229,7 @@ def diagnose_episode(arm: SimArm, drive: DriverFactory, task: str, seed: int,
         touched = None
         while not arm.truncated and not arm.success():
             follower.observe(observation)
-            _note_grip(policy_at, times, arm, observation.time)
+            note_grip(policy_at, times, arm, observation.time, follower.started_s)
             touched = touched or moved_cube(starts, arm.cube_positions())
             if observation.time < handover_s - 1e-9:
                 observation = arm.apply(expert.act(observation))

@@ -88,6 +88,11 @@ class NodeLoop:
         self.arrivals: list[tuple[float, float]] = []  # per chunk: observation stamp, arrival
         self.fault: str | None = None  # the safety filter's, once it latched
 
+    @property
+    def started_s(self) -> float | None:
+        """The observation stamp of the first chunk that arrived, None before."""
+        return self.arrivals[0][0] if self.arrivals else None
+
     def observe(self, observation: Observation) -> None:
         """Publish the state simulated up to `observation.time` as the sim node does."""
         stamp = observation.time - self._period_s
