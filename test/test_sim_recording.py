@@ -22,13 +22,16 @@ SIM = load_sim_settings(PROFILE)
 INSTRUCTION_TOPIC = "/vam_policy_node/instruction"
 
 
-def _record(processes: Processes, out: Path, *args: str, profile: Path = PROFILE) -> int:
+def _record(processes: Processes, out: Path, *args: str, profile: Path = PROFILE,
+            expect: str = "") -> int:
     """`vam sim record` in a process of its own: after an EGL context, importing triton (as
-    torch-based tests do) crashes a process, so the test process never renders."""
+    torch-based tests do) crashes a process, so the test process never renders. `expect`:
+    text its stderr must hold."""
     process = processes.start(sys.executable, "-m", "vam_policy.cli", "sim", "record",
                               "--out", out, "--profile", profile, *args)
     _, err = process.communicate(timeout=120)
     assert process.returncode in (0, 1, 2) and "Traceback" not in err, err
+    assert expect in err, err
     return process.returncode
 
 
@@ -170,10 +173,15 @@ def test_a_missing_profile_is_a_clear_error(processes: Processes, tmp_path: Path
 
 def test_a_negative_approach_offset_is_a_clear_error(processes: Processes,
                                                      tmp_path: Path) -> None:
-    """Exit 2 before any episode is recorded; so for a missing --policy checkpoint."""
+    """Exit 2 before any episode is recorded; so for a missing --policy checkpoint, a
+    reversed --policy-share and a --policy-share without --policy."""
     out = tmp_path / "demos"
     assert _record(processes, out, "--tasks", "lift_red", "--approach-offset-m", "-0.01") == 2
     assert _record(processes, out, "--tasks", "lift_red", "--policy", tmp_path / "none") == 2
+    assert _record(processes, out, "--tasks", "lift_red", "--policy", tmp_path / "none",
+                   "--policy-share", "0.8", "0.2", expect="reach_share") == 2
+    assert _record(processes, out, "--tasks", "lift_red", "--policy-share", "0.2", "0.8",
+                   expect="needs --policy") == 2
     assert not out.exists()
 
 

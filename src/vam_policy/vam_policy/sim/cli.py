@@ -54,10 +54,11 @@ def add_sim_commands(subparsers: argparse._SubParsersAction) -> None:
                         "over at a time drawn from --policy-share of its reach, and the bags hold "
                         "the expert's commands throughout, so they show the way from the "
                         "policy's own mistakes (default: the expert drives)")
-    record.add_argument("--policy-share", type=float, nargs=2, default=(0.25, 1.0),
+    record.add_argument("--policy-share", type=float, nargs=2, default=None,
                         metavar=("LOW", "HIGH"),
-                        help="range of the handover time as shares of the expert's reach time "
-                        "(the end of its descent to the cube) (default %(default)s)")
+                        help="with --policy: range of the handover time as shares of the "
+                        "expert's reach time (the end of its descent to the cube) (default "
+                        "0.25 1.0)")
     record.set_defaults(func=run_sim_record)
     diagnose = verbs.add_parser(
         "diagnose", help="roll a checkpoint out in-process (no ROS) on held-out layouts, alone "
@@ -110,6 +111,8 @@ def run_sim_record(args: argparse.Namespace) -> int:
     from vam_policy.sim.recording import record_demonstrations
 
     try:
+        if args.policy is None and args.policy_share is not None:
+            raise ValueError("--policy-share needs --policy (the policy that drives first)")
         roll_in = None if args.policy is None else policy_roll_in(args)
         results = record_demonstrations(args.profile, args.tasks, args.episodes_per_task,
                                         args.out, seed=args.seed, storage=args.storage,
@@ -128,12 +131,14 @@ def policy_roll_in(args: argparse.Namespace) -> PolicyRollIn:
     from vam_policy.model.checkpoint import load_checkpoint
     from vam_policy.ros.parameters import load_parameters_file, settings_from_parameters
     from vam_policy.sim.diagnose import follow_chunks
-    from vam_policy.sim.recording import PolicyRollIn
+    from vam_policy.sim.recording import DEFAULT_REACH_SHARE, PolicyRollIn, check_reach_share
 
+    share = DEFAULT_REACH_SHARE if args.policy_share is None else tuple(args.policy_share)
+    check_reach_share(share)  # before the checkpoint takes seconds to load
     node = settings_from_parameters(load_parameters_file(args.profile))
     policy = load_checkpoint(args.policy).eval()
     drive = follow_chunks(policy, max(1, node.replan_steps), node.noise_scale)
-    return PolicyRollIn(drive, str(args.policy), tuple(args.policy_share))
+    return PolicyRollIn(drive, str(args.policy), share)
 
 
 def run_sim_diagnose(args: argparse.Namespace) -> int:

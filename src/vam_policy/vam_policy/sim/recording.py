@@ -103,6 +103,17 @@ class RecordingTopics:
         return topics, sim
 
 
+DEFAULT_REACH_SHARE = (0.25, 1.0)
+
+
+def check_reach_share(share: tuple[float, float]) -> None:
+    """ValueError unless `share` is a range (low, high) with 0 <= low <= high <= 1."""
+    low, high = share
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"reach_share (--policy-share) must be 0 <= low <= high <= 1, got "
+                         f"{share}")
+
+
 @dataclass(frozen=True)
 class PolicyRollIn:
     """A policy that drives the arm from the reset until a handover time, then the expert.
@@ -118,12 +129,10 @@ class PolicyRollIn:
 
     drive: DriverFactory
     source: str
-    reach_share: tuple[float, float] = (0.25, 1.0)
+    reach_share: tuple[float, float] = DEFAULT_REACH_SHARE
 
     def __post_init__(self) -> None:
-        low, high = self.reach_share
-        if not 0.0 <= low <= high <= 1.0:
-            raise ValueError(f"reach_share must be 0 <= low <= high <= 1, got {self.reach_share}")
+        check_reach_share(self.reach_share)
 
     def handover_s(self, seed: int, reach_s: float) -> float:
         """Episode `seed`'s handover time for an expert whose reach ends at `reach_s`."""
