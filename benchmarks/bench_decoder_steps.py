@@ -53,10 +53,11 @@ def _shown(path: Path) -> str:
 
 
 def open_stage(checkpoint: Path, dataset: Path, config: IdmTrainConfig, cache_dir: Path | None,
-               device: str) -> IdmStage:
-    """The checkpoint's policy as stage-2 validation sees it: its latents (cached or live),
-    rows and normalized inputs. The checkpoint's own normalization statistics are kept."""
-    policy = load_checkpoint(checkpoint, device)
+               device: str, decoder: int = 0) -> IdmStage:
+    """The checkpoint's policy (its decoder `decoder`) as stage-2 validation sees it: its
+    latents (cached or live), rows and normalized inputs. The checkpoint's own normalization
+    statistics are kept."""
+    policy = load_checkpoint(checkpoint, device).member(decoder)
     data = load_dataset(dataset)
     future = needs_future(config, policy.config)
     if cache_dir is None:
@@ -133,7 +134,8 @@ def decoder_times(stage: IdmStage, repeats: int) -> dict[int, list[float]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     config = load_train_config(args.config, IdmTrainConfig)
-    stage = open_stage(args.checkpoint, args.dataset, config, args.cache_dir, args.device)
+    stage = open_stage(args.checkpoint, args.dataset, config, args.cache_dir, args.device,
+                       args.decoder)
     if len(stage.val_rows) == 0:
         raise SystemExit(f"{args.dataset}: no validation samples (no val split)")
     errors = action_errors(stage, args.samples, config.loop.batch_size, config.loop.seed)
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for row in errors["rows"]]
     return {
         "benchmark": "decoder flow steps",
-        "checkpoint": _shown(args.checkpoint), "dataset": _shown(args.dataset),
+        "checkpoint": _shown(args.checkpoint), "decoder": args.decoder,
+        "dataset": _shown(args.dataset),
         "config": args.config, "device": args.device,
         "machine": {**describe_machine(), "load_average": os.getloadavg()},
         "torch_threads": torch.get_num_threads(),
@@ -165,6 +168,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path,
                         default=ROOT / "models" / "sim_panda" / "policy")
+    parser.add_argument("--decoder", type=int, default=0,
+                        help="which decoder of an ensemble checkpoint")
     parser.add_argument("--dataset", type=Path, required=True,
                         help="a `vam dataset build` dataset with a val split")
     parser.add_argument("--cache-dir", type=Path, default=None,

@@ -143,19 +143,12 @@ class StreamingEncoder:
         return (raw - self._mean.to(raw.device)) / self._std.to(raw.device) * SIGMA_DATA
 
 
-@torch.no_grad()
 def chunk_from_latents(policy: VAMPolicy, history: torch.Tensor, state: np.ndarray,
                        instruction: str, seed: int) -> np.ndarray:
     """`policy.predict`'s steps after the VAE: absolute targets `[H, J]` from history latents."""
     generator = torch.Generator(policy.device).manual_seed(seed)
-    text = policy.embed_instructions([instruction])
-    tau = policy.config.backbone.tau_v
-    features = policy.backbone.features(history, text, tau, generator=generator)
-    proprio = torch.from_numpy(policy.stats.state.normalize(state[None])).to(policy.device)
-    tau_batch = torch.full((1,), float(tau), device=policy.device)
-    actions = policy.decoder.sample(features, proprio, tau_batch, generator=generator, text=text)
-    coded = policy.stats.action.unnormalize(actions.float().cpu().numpy())
-    return policy.actions.decode(coded, state[None])[0]
+    return policy.chunk_from_history(history, state[None], [instruction],
+                                     generator=generator)[0]
 
 
 def _relative_errors(latents: torch.Tensor, reference: torch.Tensor) -> list[float]:

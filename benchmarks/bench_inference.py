@@ -44,7 +44,7 @@ from vam_policy.model.backbone import VideoBackbone
 from vam_policy.model.backbone_config import torch_dtype
 from vam_policy.model.decoder import ActionDecoder
 from vam_policy.model.flow import integrate
-from vam_policy.model.policy import NormStats, VAMPolicy
+from vam_policy.model.policy import DecoderHead, NormStats, VAMPolicy
 from vam_policy.model.policy_config import PolicyConfig, policy_preset
 from vam_policy.model.text_encoder import TextEmbeddings
 from vam_policy.ros.safety import SafetyLimits, filter_targets
@@ -129,7 +129,8 @@ def build_random(config: PolicyConfig, device: torch.device) -> VAMPolicy:
         backbone = VideoBackbone.from_config(config.backbone)
         decoder = ActionDecoder(config.decoder).to(dtype)
     text = RandomTextEmbeddings(backbone.text_embed_dim, config.backbone.text_max_tokens, dtype)
-    return VAMPolicy(config, backbone, decoder, text, NormStats.identity(len(JOINTS))).eval()
+    head = DecoderHead(decoder, NormStats.identity(len(JOINTS)))
+    return VAMPolicy(config, backbone, [head], text).eval()
 
 
 # ---- measurements beside the timed rows --------------------------------------------------

@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--test", type=Path, required=True,
                         help="dataset of sim lift episodes on new layouts")
     parser.add_argument("--checkpoint", type=Path, default=Path("models/sim_panda/policy"))
+    parser.add_argument("--decoder", type=int, default=0,
+                        help="which decoder of an ensemble checkpoint (its readout is one's)")
     parser.add_argument("--profile", type=Path, default=Path("config/sim_panda.yaml"),
                         help="the sim profile the episodes were recorded with")
     parser.add_argument("--anchor", type=int, default=0,
@@ -79,7 +81,7 @@ def main() -> None:
     parser.add_argument("--name", default="first_chunk_error", help="results JSON name")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    policy = load_checkpoint(args.checkpoint).eval()
+    policy = load_checkpoint(args.checkpoint).eval().member(args.decoder)
     if not 0 <= args.step < policy.config.horizon:
         raise SystemExit(f"--step must be in [0, {policy.config.horizon}), got {args.step}")
     data = load_dataset(args.test)
@@ -103,6 +105,7 @@ def main() -> None:
     offset = {name: np.array(values) for name, values in offsets.items()}  # each [N, 2] cm
     count = len(offset["cube"])
     results = {"machine": describe_machine(), "checkpoint": str(args.checkpoint),
+               "decoder": args.decoder,
                "test": str(args.test), "anchor": args.anchor, "step": args.step,
                "episodes": count, "rows": []}
     print("| chunk | x error (cm) | y error (cm) | x / y slope on the cube's offset | "

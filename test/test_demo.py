@@ -139,6 +139,9 @@ def test_training_record_holds_how_the_checkpoint_was_made(tmp_path: Path) -> No
     assert (record["val_step"], record["val_action_mae_rad"]) == (150, 0.03)
     assert record["val_hold_still_mae_rad"] == 0.07
     assert "validation action error 0.030 rad" in describe_training(record)
+    assert record["decoders"] == 1 and "ensemble" not in describe_training(record)
+    ensemble = {**record, "decoders": 4}
+    assert "an ensemble of 4 decoders (stage 2 with loop.seed 0..3" in describe_training(ensemble)
 
 
 @pytest.mark.ros

@@ -8,6 +8,7 @@ import sys
 from vam_policy.data.cli import add_dataset_commands
 from vam_policy.demo import add_demo_command
 from vam_policy.experiment import add_experiment_commands
+from vam_policy.model.cli import add_checkpoint_commands
 from vam_policy.ros.eval_cli import add_eval_commands
 from vam_policy.sim.cli import add_sim_commands
 from vam_policy.train.cli import add_train_commands
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     selfcheck.set_defaults(func=_selfcheck)
     add_dataset_commands(verbs)
     add_train_commands(verbs)
+    add_checkpoint_commands(verbs)
     add_sim_commands(verbs)
     add_eval_commands(verbs)
     add_demo_command(verbs)

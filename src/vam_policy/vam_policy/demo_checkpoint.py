@@ -12,7 +12,8 @@ run of yours is read the same way:
 with this module's command line:
 
     python -m vam_policy.demo_checkpoint models/sim_panda --dataset DATASET --demos 128 \\
-        --steps 16000 --script "..." --train-command "vam train idm ..." --commit COMMIT
+        --steps 16000 --decoders 4 --script "..." --train-command "vam train idm ..." \\
+        --commit COMMIT
 """
 
 from __future__ import annotations
@@ -139,18 +140,23 @@ def describe_training(record: dict[str, Any] | None) -> str:
         return f"  how it was trained is not recorded (no {TRAINING_RECORD} next to it)"
     dataset = record["dataset"]
     error = record["val_action_mae_rad"]
+    decoders = record.get("decoders", 1)
+    ensemble = (f", an ensemble of {decoders} decoders (stage 2 with loop.seed 0..{decoders - 1}"
+                "; the first's validation)" if decoders > 1 else "")
     return (f"  trained by {record['script']} on {record['date']} (code {record['commit']}):\n"
             f"  `{record['train_command']}` on {dataset['episodes']} scripted demos "
-            f"({record['demos_per_task']} a task recorded, {dataset['val_episodes']} held out), "
-            "validation action error "
+            f"({record['demos_per_task']} a task recorded, {dataset['val_episodes']} held out)"
+            f"{ensemble}, validation action error "
             + ("not measured" if error is None else f"{error:.3f} rad"))
 
 
 def write_training_record(folder: Path, *, script: str, train_command: str, commit: str,
-                          demos_per_task: int, steps: int, dataset: Path) -> dict[str, Any]:
+                          demos_per_task: int, steps: int, dataset: Path,
+                          decoders: int = 1) -> dict[str, Any]:
     """Write `folder/training.json`, how the checkpoint in `folder/policy` was made: the
     script and its training command, the code's commit, the demos and steps asked for, the
-    dataset's size and the last validation of `folder/metrics.jsonl`. Returns what it wrote."""
+    number of decoders, the dataset's size and the last validation of `folder/metrics.jsonl`
+    (the first decoder's run). Returns what it wrote."""
     from vam_policy.data.dataset import load_dataset
 
     data = load_dataset(dataset)
@@ -160,7 +166,7 @@ def write_training_record(folder: Path, *, script: str, train_command: str, comm
     record = {
         "script": script, "train_command": train_command, "commit": commit,
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "demos_per_task": demos_per_task, "steps": steps,
+        "demos_per_task": demos_per_task, "steps": steps, "decoders": decoders,
         "dataset": {"episodes": len(episodes), "val_episodes": len(data.split("val")),
                     "control_steps": sum(e.length for e in episodes),
                     "episodes_per_instruction": dict(Counter(e.instruction for e in episodes))},
@@ -180,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", type=Path, required=True, help="the run's dataset")
     parser.add_argument("--demos", type=int, required=True, help="demos recorded per task")
     parser.add_argument("--steps", type=int, required=True, help="training steps")
+    parser.add_argument("--decoders", type=int, default=1,
+                        help="decoders in the policy (stage-2 runs joined into an ensemble)")
     parser.add_argument("--script", required=True, help="the script run, with its arguments")
     parser.add_argument("--train-command", required=True,
                         help="its training commands (stage 0, then stage 2)")
@@ -188,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = write_training_record(args.folder, script=args.script,
                                    train_command=args.train_command, commit=args.commit,
                                    demos_per_task=args.demos, steps=args.steps,
-                                   dataset=args.dataset)
+                                   dataset=args.dataset, decoders=args.decoders)
     print(f"{args.folder / TRAINING_RECORD}:\n{describe_training(record)}")
     return 0
 

@@ -1,11 +1,15 @@
 """Policy checkpoints: one folder, a JSON manifest, safetensors weights, a format version.
 
-Layout (format 1):
-    vam_policy.json          manifest: format, format_version, PolicyConfig, backbone location
+Layout (format 2):
+    vam_policy.json          manifest: format, format_version, PolicyConfig, backbone location,
+                             decoders (how many: more than one is an ensemble)
     decoder.safetensors      action decoder weights
     normalization.safetensors  state_mean, state_std, action_mean, action_std
+    decoder.K.safetensors, normalization.K.safetensors   the same for decoder K = 1, 2, ...
     backbone/transformer/, backbone/vae/   diffusers folders, unless the manifest references
                              the backbone by hub id or path (pretrained weights left unchanged)
+
+Format 1 is format 2 with one decoder and no `decoders` key; both load.
 
 Every failure to load names the file and what is wrong with it.
 """
@@ -27,13 +31,14 @@ from safetensors.torch import load_file, save_file
 from vam_policy.model.backbone import VideoBackbone
 from vam_policy.model.backbone_config import is_preset
 from vam_policy.model.decoder import ActionDecoder
-from vam_policy.model.policy import NormStats, VAMPolicy
+from vam_policy.model.policy import DecoderHead, NormStats, VAMPolicy
 from vam_policy.model.policy_config import PolicyConfig
 from vam_policy.model.text_encoder import build_text_encoder
 from vam_policy.model.transforms import Normalizer
 
 FORMAT = "vam-policy-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "vam_policy.json"
 DECODER_WEIGHTS = "decoder.safetensors"
 NORMALIZATION = "normalization.safetensors"
@@ -65,12 +70,15 @@ def save_checkpoint(policy: VAMPolicy, folder: str | Path, embed_backbone: bool 
         if embed_backbone:
             policy.backbone.save_pretrained(staging / BACKBONE_DIR)
             backbone_ref = _EMBEDDED
-        save_file(_contiguous(policy.decoder.state_dict()), staging / DECODER_WEIGHTS)
-        save_file(_stats_tensors(policy.stats), staging / NORMALIZATION)
+        for index, head in enumerate(policy.heads):
+            weights, normalization = head_files(index)
+            save_file(_contiguous(head.decoder.state_dict()), staging / weights)
+            save_file(_stats_tensors(head.stats), staging / normalization)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "backbone": backbone_ref,
+            "decoders": len(policy.heads),
             "policy": policy.config.to_dict(),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -82,8 +90,15 @@ def save_checkpoint(policy: VAMPolicy, folder: str | Path, embed_backbone: bool 
     return folder
 
 
+def head_files(index: int) -> tuple[str, str]:
+    """The weights and normalization file names of decoder `index`."""
+    if index == 0:
+        return DECODER_WEIGHTS, NORMALIZATION
+    return f"decoder.{index}.safetensors", f"normalization.{index}.safetensors"
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The checkpoint's manifest, checked for format and version."""
+    """The checkpoint's manifest, checked for format, version and number of decoders."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such checkpoint folder")
@@ -97,10 +112,15 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path}: expected \"format\": \"{FORMAT}\"")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path}: format_version {version!r}, this vam_policy reads version {FORMAT_VERSION}"
+            f"{path}: format_version {version!r}, this vam_policy reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
+    decoders = manifest.setdefault("decoders", 1)
+    if type(decoders) is not int or decoders < 1 or (version == 1 and decoders != 1):
+        raise CheckpointError(f"{path}: \"decoders\" must be a positive integer (1 in format "
+                              f"1), got {decoders!r}")
     return manifest
 
 
@@ -127,10 +147,14 @@ def load_checkpoint(
         backbone = VideoBackbone.build(backbone_config)
     except (OSError, ValueError, SafetensorError) as error:
         raise CheckpointError(f"backbone {backbone_source}: cannot load ({error})") from None
-    decoder = ActionDecoder(config.decoder)
-    _load_weights(decoder, folder / DECODER_WEIGHTS)
-    stats = _read_stats(folder / NORMALIZATION, len(config.joint_names))
-    policy = VAMPolicy(config, backbone, decoder, build_text_encoder(backbone_config), stats)
+    heads = []
+    for index in range(manifest["decoders"]):
+        weights, normalization = head_files(index)
+        decoder = ActionDecoder(config.decoder)
+        _load_weights(decoder, folder / weights)
+        heads.append(DecoderHead(decoder,
+                                 _read_stats(folder / normalization, len(config.joint_names))))
+    policy = VAMPolicy(config, backbone, heads, build_text_encoder(backbone_config))
     return policy.to(device).eval()
 
 

@@ -3,10 +3,17 @@
 The wrapper owns everything between raw inputs and the networks: frame preprocessing,
 instruction embeddings (cached per instruction), state/action normalization and the action
 representation. The math lives in `VideoBackbone` and `ActionDecoder`.
+
+A policy has one backbone and one or more `DecoderHead`s. Several heads are an ensemble:
+decoders trained on the same backbone and data with different seeds (`vam checkpoint
+ensemble`). Each samples a chunk with its own normalization and the policy returns their mean
+in absolute joint targets: the decoders' errors differ from scene to scene, so the mean lands
+nearer the demonstrations' than any one of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,18 +39,28 @@ class NormStats:
         return cls(Normalizer.identity(joints), Normalizer.identity(joints))
 
 
+class DecoderHead(nn.Module):
+    """An action decoder with the normalization statistics of the data it was trained on."""
+
+    def __init__(self, decoder: ActionDecoder, stats: NormStats) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.stats = stats
+
+
 class VAMPolicy(nn.Module):
-    """Video backbone + flow-matching action decoder behind one `predict` call."""
+    """Video backbone + flow-matching action decoder(s) behind one `predict` call."""
 
     def __init__(
         self,
         config: PolicyConfig,
         backbone: VideoBackbone,
-        decoder: ActionDecoder,
+        heads: Sequence[DecoderHead],
         text_encoder: TokenTextEncoder,
-        stats: NormStats,
     ) -> None:
         super().__init__()
+        if not heads:
+            raise ValueError("a policy needs at least one decoder head")
         if backbone.feature_dim != config.decoder.feature_dim:
             raise ValueError(
                 f"decoder.feature_dim is {config.decoder.feature_dim} but the backbone's "
@@ -60,18 +77,19 @@ class VAMPolicy(nn.Module):
                 f"{text_encoder.embedding_dim}-d embeddings"
             )
         joints = len(config.joint_names)
-        for name, norm in (("state", stats.state), ("action", stats.action)):
-            if norm.mean.shape != (joints,):
-                raise ValueError(
-                    f"{name} statistics cover {norm.mean.shape} dims, expected ({joints},)"
-                )
+        for index, head in enumerate(heads):
+            if head.decoder.config != config.decoder:
+                raise ValueError(f"decoder {index}'s config differs from the policy's")
+            for name, norm in (("state", head.stats.state), ("action", head.stats.action)):
+                if norm.mean.shape != (joints,):
+                    raise ValueError(f"decoder {index}: {name} statistics cover "
+                                     f"{norm.mean.shape} dims, expected ({joints},)")
         self.config = config
         self.backbone = backbone
-        self.decoder = decoder
+        self.heads = nn.ModuleList(heads)
         # Kept out of the module tree so `.to("cuda")` leaves it on the CPU: it runs once per
         # new instruction, and the 11B T5 encoder need not hold GPU memory.
         self.__dict__["text_encoder"] = text_encoder
-        self.stats = stats
         self.frames = FramePreprocess(config.backbone.height, config.backbone.width)
         self.actions = ActionCoding(config.action_representation)
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -79,17 +97,37 @@ class VAMPolicy(nn.Module):
     @classmethod
     def build(cls, config: PolicyConfig, stats: NormStats | None = None) -> VAMPolicy:
         """A policy with the backbone `config.backbone` names and a freshly initialised decoder."""
+        stats = stats or NormStats.identity(len(config.joint_names))
         return cls(
             config,
             VideoBackbone.build(config.backbone),
-            ActionDecoder(config.decoder),
+            [DecoderHead(ActionDecoder(config.decoder), stats)],
             build_text_encoder(config.backbone),
-            stats or NormStats.identity(len(config.joint_names)),
         )
 
     @property
     def device(self) -> torch.device:
-        return next(self.decoder.parameters()).device
+        return next(self.heads.parameters()).device
+
+    @property
+    def decoder(self) -> ActionDecoder:
+        """The decoder of a single-decoder policy (the one training fits)."""
+        return self._single_head().decoder
+
+    @property
+    def stats(self) -> NormStats:
+        """The normalization of a single-decoder policy."""
+        return self._single_head().stats
+
+    @stats.setter
+    def stats(self, stats: NormStats) -> None:
+        self._single_head().stats = stats
+
+    def _single_head(self) -> DecoderHead:
+        if len(self.heads) != 1:
+            raise ValueError(f"this policy is an ensemble of {len(self.heads)} decoders; "
+                             "use policy.heads")
+        return self.heads[0]
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -145,7 +183,8 @@ class VAMPolicy(nn.Module):
         `config.fps` (oldest first, cameras already tiled); joint_positions `[J]` or `[B, J]`
         in `config.joint_names` order; one instruction, or one per batch item. `seed` makes
         the result reproducible (the video noise and the decoder's start noise);
-        `noise_scale` scales the decoder's start noise (0: its deterministic chunk).
+        `noise_scale` scales the decoder's start noise (0: its deterministic chunk). An
+        ensemble returns the mean of its decoders' targets.
         """
         frames = np.asarray(frames)
         single = frames.ndim == 4
@@ -162,14 +201,40 @@ class VAMPolicy(nn.Module):
 
         video = self.preprocess_frames(frames)  # [B, 3, T, h, w]
         history = self.backbone.encode_video(video)  # [B, 16, T', h/8, w/8]
+        targets = self.chunk_from_history(history, state, instructions, tau_v=tau_v,
+                                          flow_steps=flow_steps, generator=generator,
+                                          noise_scale=noise_scale)
+        return targets[0] if single else targets
+
+    @torch.no_grad()
+    def chunk_from_history(
+        self,
+        history: torch.Tensor,
+        state: np.ndarray,
+        instructions: list[str],
+        *,
+        tau_v: float | None = None,
+        flow_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise_scale: float = 1.0,
+    ) -> np.ndarray:
+        """`predict` after the VAE: absolute targets `[B, H, J]` from the history's latents
+        `[B, 16, T', h/8, w/8]` and the joint positions `[B, J]`."""
         text = self.embed_instructions(instructions)  # [B, L, D]
         tau = self.config.backbone.tau_v if tau_v is None else tau_v
         features = self.backbone.features(history, text, tau, generator=generator)  # [B, N, C]
-        proprio = torch.from_numpy(self.stats.state.normalize(state)).to(self.device)
-        tau_batch = torch.full((batch,), float(tau), device=self.device)
-        actions = self.decoder.sample(features, proprio, tau_batch, steps=flow_steps,
-                                      generator=generator, text=text,
-                                      noise_scale=noise_scale)  # [B, H, J]
-        coded = self.stats.action.unnormalize(actions.float().cpu().numpy())
-        targets = self.actions.decode(coded, state)
-        return targets[0] if single else targets
+        tau_batch = torch.full((len(state),), float(tau), device=self.device)
+        chunks = []
+        for head in self.heads:
+            proprio = torch.from_numpy(head.stats.state.normalize(state)).to(self.device)
+            actions = head.decoder.sample(features, proprio, tau_batch, steps=flow_steps,
+                                          generator=generator, text=text,
+                                          noise_scale=noise_scale)  # [B, H, J]
+            coded = head.stats.action.unnormalize(actions.float().cpu().numpy())
+            chunks.append(self.actions.decode(coded, state))
+        return np.mean(chunks, axis=0)
+
+    def member(self, index: int) -> VAMPolicy:
+        """Decoder `index` alone: a one-decoder policy sharing this one's modules."""
+        single = VAMPolicy(self.config, self.backbone, [self.heads[index]], self.text_encoder)
+        return single.train(self.training)
