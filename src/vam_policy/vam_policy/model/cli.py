@@ -15,7 +15,7 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> None:
         "ensemble", help="join checkpoints trained on the same backbone (stage-2 runs with "
         "different seeds) into one whose chunk is the mean of their decoders' chunks")
     ensemble.add_argument("members", nargs="+", type=Path, metavar="CHECKPOINT",
-                          help="policy checkpoint folders (at least two decoders in all)")
+                          help="two or more policy checkpoint folders")
     ensemble.add_argument("--out", required=True, type=Path,
                           help="checkpoint folder to write (replaced whole, once all loaded)")
     ensemble.set_defaults(func=run_ensemble)
