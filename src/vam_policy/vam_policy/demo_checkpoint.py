@@ -12,7 +12,7 @@ run of yours is read the same way:
 with this module's command line:
 
     python -m vam_policy.demo_checkpoint models/sim_panda --dataset DATASET --demos 128 \\
-        --steps 16000 --decoders 4 --script "..." --train-command "vam train idm ..." \\
+        --steps 16000 --decoders 3 --script "..." --train-command "vam train idm ..." \\
         --commit COMMIT
 """
 
@@ -94,7 +94,7 @@ def run_checkpoint_demo(plan: CheckpointPlan, out: Path, profile: Path,
     results. Raises DemoError, also when the shipped checkpoint is missing."""
     if not plan.checkpoint.is_dir():
         raise DemoError(f"no checkpoint at {plan.checkpoint}: make the one the project ships "
-                        "with scripts/train_demo_checkpoint (~130 min on 2 CPU cores), or run "
+                        "with scripts/train_demo_checkpoint (~3 h on 2 CPU cores), or run "
                         "the whole loop from scratch with `vam demo --train`")
     started = time.monotonic()
     run = plan.checkpoint.parent
