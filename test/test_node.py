@@ -152,7 +152,7 @@ def test_starts_paused_then_follows_the_policy_safely_at_control_rate(robot: Rob
     """Paused at start; after ~/resume, trajectories at ~10 Hz with the profile's joints,
     every point inside the joint limits, plus ActionChunks and a RUNNING status."""
     paused = robot.wait_for("status", lambda e: e["state"] == PAUSED, timeout=90.0)
-    assert paused["checkpoint_id"] == "tiny_sim_panda (format 1)"
+    assert paused["checkpoint_id"] == "tiny_sim_panda (format 2)"
     assert paused["instruction"] == "stack the cubes"
     time.sleep(1.0)
     assert robot.events("trajectory") == [] and robot.events("chunk") == []

@@ -183,7 +183,7 @@ def test_decoder_steps_benchmark_reads_validation_as_training_does(trained,
     spec.loader.exec_module(bench)
     args = argparse.Namespace(checkpoint=trained.final, dataset=dataset_dir, cache_dir=None,
                               config="idm:tiny", samples=TINY.loop.eval_batches
-                              * TINY.loop.batch_size, repeats=1, device="cpu")
+                              * TINY.loop.batch_size, repeats=1, device="cpu", decoder=0)
     result = bench.run(args)
     assert result["hold_still_mae_rad"] == pytest.approx(
         result["training_validation"]["val_hold_still_mae_rad"], rel=1e-6)
