@@ -11,13 +11,15 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, Processes
-from vam_policy.ros.evaluation import EpisodeOutcome, markdown_table, summarize
+from vam_policy.ros.evaluation import EpisodeOutcome, markdown_table, policy_timing, summarize
 
 PROFILE = REPO_ROOT / "config" / "sim_panda.yaml"
 
 
-def _outcome(task: str, success: bool, sim_time_s: float) -> EpisodeOutcome:
-    return EpisodeOutcome(task, 0, "", success, sim_time_s, 1.0, 10, 0, 1.0, 1.0)
+def _outcome(task: str, success: bool, sim_time_s: float, chunks: int = 0,
+             latency_s: float | None = None, delay_s: float | None = None) -> EpisodeOutcome:
+    return EpisodeOutcome(task, 0, "", success, sim_time_s, 1.0, 10, 0, 1.0, 1.0, chunks,
+                          latency_s, delay_s)
 
 
 def test_summary_rows_per_task_then_all() -> None:
@@ -27,6 +29,17 @@ def test_summary_rows_per_task_then_all() -> None:
         ("lift_red", 2, 1), ("push_red_left", 1, 0), ("all", 3, 1)]
     assert rows[0].success_rate == 0.5 and rows[0].mean_time_s == 7.0
     assert "| lift_red | 2 | 1 | 50% | 7.0 |" in markdown_table(rows)
+
+
+def test_policy_timing_weighs_episodes_by_their_chunks() -> None:
+    timing = policy_timing([_outcome("lift_red", True, 4.0, 3, 0.1, 0.2),
+                            _outcome("lift_red", False, 10.0),
+                            _outcome("lift_red", False, 10.0, 1, 0.5, 0.6)])
+    assert timing["chunks"] == 4
+    assert timing["inference_latency_s"] == pytest.approx(0.2)
+    assert timing["chunk_delay_s"] == pytest.approx(0.3)
+    assert policy_timing([_outcome("lift_red", True, 4.0)]) == {
+        "chunks": 0, "inference_latency_s": None, "chunk_delay_s": None}
 
 
 @pytest.mark.ros
@@ -59,10 +72,16 @@ def test_eval_closes_the_loop_on_the_tiny_checkpoint(processes: Processes,
         assert episode["trajectories_accepted"] >= 5 and episode["trajectories_rejected"] <= 1
         assert episode["joint_travel_rad"] > 0.05, episode  # idle drift: ~2e-4 rad/s
         assert episode["real_time_factor"] > 0.5
+        # Chunks are ready after their inference, which starts once the observation is taken.
+        assert episode["chunks"] >= 1 and episode["inference_latency_s"] > 0
+        assert episode["chunk_delay_s"] >= episode["inference_latency_s"] - 0.005
     assert [row["task"] for row in results["summary"]] == ["lift_red", "push_blue_left", "all"]
     table = (out / "results.md").read_text()
     assert "| push_blue_left | 1 |" in table and "| all | 2 |" in table
     assert "| all | 2 |" in stdout
+    timing = results["policy_timing"]
+    assert timing["chunks"] == sum(e["chunks"] for e in episodes)
+    assert f"published {timing['chunks']} action chunks" in table
     for node in results["nodes"].values():
         assert node["exit_code"] is not None and Path(node["log"]).is_file()
         with pytest.raises(ProcessLookupError):

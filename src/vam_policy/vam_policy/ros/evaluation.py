@@ -9,9 +9,11 @@ pauses the policy, resets the sim (`~/reset`), hands the task's instruction to t
 (`~/set_instruction`), resumes it (`~/resume`), waits until the sim's EpisodeStatus says done
 (solved or out of time), and pauses the policy again. The nodes are always stopped at the end
 (SIGINT, then SIGKILL). Results go to `results.json` and `results.md` (success rate per task),
-the nodes' output to `logs/`; with `record_frames` N, the camera frames this process received
-during the first N episodes go to `frames/<task>_<seed>.npz` (`frames` [T, H, W, 3] uint8 and
-`stamps` in s), to watch a rollout.
+the nodes' output to `logs/`. Each episode also records the policy node's action chunks (count,
+mean inference time, mean delay from observation to chunk): on a shared CPU these differ from a
+benchmark's, and `vam sim diagnose --loop node --latency-s` can replay the inference time. With
+`record_frames` N, the camera frames this process received during the first N episodes go to
+`frames/<task>_<seed>.npz` (`frames` [T, H, W, 3] uint8 and `stamps` in s), to watch a rollout.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
-from vam_msgs.msg import EpisodeStatus, PolicyStatus
+from vam_msgs.msg import ActionChunk, EpisodeStatus, PolicyStatus
 from vam_msgs.srv import ResetEpisode, SetInstruction
 from vam_policy.ros.image_conversion import image_to_rgb
 from vam_policy.ros.isolation import isolate_this_process, local_ros_env
@@ -108,6 +110,9 @@ class EpisodeOutcome:
     trajectories_rejected: int
     joint_travel_rad: float
     real_time_factor: float
+    chunks: int  # action chunks the policy node published while the episode ran
+    inference_latency_s: float | None  # their mean inference time (wall s; None: no chunk)
+    chunk_delay_s: float | None  # their mean time from observation stamp to chunk ready (s)
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,8 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
                     outcomes.append(outcome)
                     log(f"{task} seed {seed}: {'solved' if outcome.success else 'failed'} "
                         f"in {outcome.sim_time_s:.1f} s sim ({outcome.wall_time_s:.1f} s "
-                        f"wall, {outcome.trajectories_accepted} trajectories)")
+                        f"wall, {outcome.trajectories_accepted} trajectories, "
+                        f"{_chunk_timing(outcome)})")
         finally:
             loop.close()
     finally:
@@ -204,17 +210,23 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
         "checkpoint": str(options.checkpoint), "profile": str(options.profile),
         "tasks": list(tasks), "episodes_per_task": options.episodes, "seed": options.seed,
         "max_time_s": options.time_limit_s, "wall_time_s": time.monotonic() - started,
-        "summary": [asdict(row) for row in rows],
+        "summary": [asdict(row) for row in rows], "policy_timing": policy_timing(outcomes),
         "episodes": [asdict(outcome) for outcome in outcomes],
         "nodes": {child.name: {"pid": child.process.pid, "exit_code": exit_codes[child.name],
                                "log": str(child.log)} for child in children},
     }
     table = markdown_table(rows)
+    timing = results["policy_timing"]
+    timing_line = "The policy node published no action chunk." if not timing["chunks"] else (
+        f"The policy node published {timing['chunks']} action chunks: inference took "
+        f"{timing['inference_latency_s']:.3f} s on average, and a chunk was ready "
+        f"{timing['chunk_delay_s']:.3f} s after its observation's stamp.")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "results.md").write_text(
         f"# Closed-loop evaluation of `{options.checkpoint}`\n\n{table}\nSeeds {options.seed}.."
         f"{options.seed + options.episodes - 1} per task; time: simulated seconds until the "
-        f"task was solved or the {options.time_limit_s:g} s limit.\n", encoding="utf-8")
+        f"task was solved or the {options.time_limit_s:g} s limit. {timing_line}\n",
+        encoding="utf-8")
     log(table)
     return results
 
@@ -256,10 +268,12 @@ class _Loop:
         self._policy: PolicyStatus | None = None
         self._recording = False
         self._frames: list[tuple[float, np.ndarray]] = []
+        self._chunks: list[tuple[float, float]] | None = None  # (latency, delay) while running
         sim, policy = f"/{SIM_NODE_NAME}", f"/{NODE_NAME}"
         self._node.create_subscription(EpisodeStatus, f"{sim}/episode", self._on_episode, 10)
         self._node.create_subscription(PolicyStatus, f"{policy}/status", self._on_policy, 10)
         self._node.create_subscription(Image, camera_topic, self._on_image, 10)
+        self._node.create_subscription(ActionChunk, f"{policy}/action_chunk", self._on_chunk, 10)
         self._reset = self._node.create_client(ResetEpisode, f"{sim}/reset")
         self._instruction = self._node.create_client(SetInstruction,
                                                      f"{policy}/set_instruction")
@@ -286,14 +300,19 @@ class _Loop:
         with self._lock:
             self._policy = msg
 
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        delay = _seconds(msg.header.stamp) - _seconds(msg.observation_stamp)
+        with self._lock:
+            if self._chunks is not None:
+                self._chunks.append((msg.inference_latency_s, delay))
+
     def _on_image(self, msg: Image) -> None:
         with self._lock:
             if not self._recording:
                 return
-        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         frame = image_to_rgb(msg)
         with self._lock:
-            self._frames.append((stamp, frame))
+            self._frames.append((_seconds(msg.header.stamp), frame))
 
     def save_frames(self, path: Path) -> None:
         """Write the frames of the last recorded episode (none received: no file)."""
@@ -344,7 +363,7 @@ class _Loop:
             raise EvalError(f"policy refused the instruction: {answer.message}")
         started = time.monotonic()
         with self._lock:
-            self._recording, self._frames = record, []
+            self._recording, self._frames, self._chunks = record, [], []
         self._call(self._resume, Trigger.Request())
         self._wait(lambda: self._episode is not None and self._episode.episode > before
                    and self._episode.done,
@@ -353,16 +372,20 @@ class _Loop:
         wall_s = time.monotonic() - started
         self._call(self._pause, Trigger.Request())
         with self._lock:
-            final = self._episode
-            self._recording = False
+            final, chunks = self._episode, np.array(self._chunks, dtype=float).reshape(-1, 2)
+            self._recording, self._chunks = False, None
         if final is None:
             raise EvalError("lost the episode status")
+        latency = delay = None
+        if len(chunks):
+            latency, delay = (float(v) for v in chunks.mean(axis=0))
         return EpisodeOutcome(
             task=task, seed=seed, instruction=reply.instruction, success=final.success,
             sim_time_s=final.sim_time_s, wall_time_s=wall_s,
             trajectories_accepted=final.trajectories_accepted,
             trajectories_rejected=final.trajectories_rejected,
             joint_travel_rad=final.joint_travel_rad, real_time_factor=final.real_time_factor,
+            chunks=len(chunks), inference_latency_s=latency, chunk_delay_s=delay,
         )
 
     def _call(self, client: Client, request: Any) -> Any:
@@ -389,6 +412,29 @@ class _Loop:
             if time.monotonic() > deadline:
                 raise EvalError(f"timed out after {timeout_s:.0f} s waiting for {what}")
             time.sleep(0.05)
+
+
+def _chunk_timing(outcome: EpisodeOutcome) -> str:
+    if not outcome.chunks:
+        return "no chunk"
+    return (f"{outcome.chunks} chunks, inference {outcome.inference_latency_s:.2f} s, "
+            f"observation to chunk {outcome.chunk_delay_s:.2f} s")
+
+
+def policy_timing(outcomes: Sequence[EpisodeOutcome]) -> dict[str, Any]:
+    """Chunks over all episodes, with their mean inference time and delay (None: no chunk)."""
+    timed = [o for o in outcomes if o.chunks]
+    chunks = sum(o.chunks for o in timed)
+
+    def mean(field: str) -> float | None:
+        return sum(getattr(o, field) * o.chunks for o in timed) / chunks if chunks else None
+
+    return {"chunks": chunks, "inference_latency_s": mean("inference_latency_s"),
+            "chunk_delay_s": mean("chunk_delay_s")}
+
+
+def _seconds(stamp: Any) -> float:
+    return stamp.sec + 1e-9 * stamp.nanosec
 
 
 def _tail(path: Path, lines: int = 15) -> str:
