@@ -110,8 +110,10 @@ def test_members_with_another_config_are_refused(saved, tmp_path: Path) -> None:
     longer = shutil.copytree(saved[1], tmp_path / "longer")
     manifest = json.loads((longer / MANIFEST).read_text())
     manifest["policy"]["action_representation"] = "absolute"
+    manifest["policy"]["backbone"]["tau_v"] = 0.25
     (longer / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="its action_representation differs from"):
+    with pytest.raises(CheckpointError, match=r"longer: its policy config differs from .*m0's "
+                       r"in action_representation, backbone.tau_v$"):
         ensemble_checkpoints([saved[0], longer], tmp_path / "out")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vam_policy.dotted_names import differing_names
 from vam_policy.model.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -20,7 +21,6 @@ from vam_policy.model.checkpoint import (
     save_checkpoint,
 )
 from vam_policy.model.policy import VAMPolicy
-from vam_policy.model.policy_config import PolicyConfig
 
 
 def join_policies(policies: Sequence[VAMPolicy], names: Sequence[str]) -> VAMPolicy:
@@ -33,8 +33,10 @@ def join_policies(policies: Sequence[VAMPolicy], names: Sequence[str]) -> VAMPol
         raise CheckpointError(f"an ensemble needs at least two members, got {len(policies)}")
     first, first_name = policies[0], names[0]
     for policy, name in zip(policies[1:], names[1:], strict=True):
-        if difference := _config_difference(first.config, policy.config):
-            raise CheckpointError(f"{name}: its {difference} differs from {first_name}'s")
+        differs = differing_names(first.config.to_dict(), policy.config.to_dict())
+        if differs := [field for field in differs if field != "backbone.source"]:
+            raise CheckpointError(f"{name}: its policy config differs from {first_name}'s in "
+                                  f"{', '.join(differs)}")
         if difference := _weights_difference(first.backbone, policy.backbone):
             raise CheckpointError(f"{name}: its backbone is not {first_name}'s ({difference}); "
                                   "members must be trained on the same backbone")
@@ -49,21 +51,6 @@ def ensemble_checkpoints(members: Sequence[str | Path], out: str | Path) -> Path
     policies = [load_checkpoint(member) for member in members]
     joined = join_policies(policies, [str(member) for member in members])
     return save_checkpoint(joined, out, embed_backbone=embedded)
-
-
-def _config_difference(first: PolicyConfig, other: PolicyConfig) -> str:
-    """The first top-level config field (backbone fields by name) that differs, or ""."""
-    mine, theirs = first.to_dict(), other.to_dict()
-    for config in (mine, theirs):
-        config["backbone"] = {**config["backbone"], "source": None}
-    for key in mine:
-        if key == "backbone":
-            for field in mine[key]:
-                if mine[key][field] != theirs[key].get(field):
-                    return f"backbone.{field}"
-        elif mine[key] != theirs.get(key):
-            return key
-    return ""
 
 
 def _weights_difference(first: torch.nn.Module, other: torch.nn.Module) -> str:

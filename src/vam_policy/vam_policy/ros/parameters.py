@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from vam_policy.dotted_names import flatten
+
 NODE_NAME = "vam_policy_node"
 
 ParameterValue = (
@@ -467,18 +469,9 @@ def load_parameters_file(path: str | Path, node_name: str = NODE_NAME) -> dict[s
     for key in (node_name, f"/{node_name}", "/**"):
         section = document.get(key)
         if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
-            return _flatten(section["ros__parameters"])
+            return flatten(section["ros__parameters"])
     raise ValueError(
         f"{path}: expected top key {node_name!r} with a 'ros__parameters' mapping, "
         f"found keys {sorted(document)}"
     )
 
-
-def _flatten(tree: Mapping[str, object], prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

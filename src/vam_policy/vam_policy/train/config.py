@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vam_policy.dotted_names import differing_names
 from vam_policy.model.flow import TimeSamplingConfig
 from vam_policy.model.transforms import ActionCoding
 
@@ -389,18 +390,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def config_diff(a: Any, b: Any) -> list[str]:
     """Dotted names of the fields where two configs of one class differ."""
-    flat_a, flat_b = _flatten(config_to_dict(a)), _flatten(config_to_dict(b))
-    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k))
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    return differing_names(config_to_dict(a), config_to_dict(b))
 
 
 # ---- presets -----------------------------------------------------------------------------------
