@@ -11,7 +11,14 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, Processes
-from vam_policy.ros.evaluation import EpisodeOutcome, markdown_table, policy_timing, summarize
+from vam_policy.ros.evaluation import (
+    EpisodeOutcome,
+    PolicyTopics,
+    markdown_table,
+    policy_timing,
+    policy_topics,
+    summarize,
+)
 
 PROFILE = REPO_ROOT / "config" / "sim_panda.yaml"
 
@@ -40,6 +47,17 @@ def test_policy_timing_weighs_episodes_by_their_chunks() -> None:
     assert timing["chunk_delay_s"] == pytest.approx(0.3)
     assert policy_timing([_outcome("lift_red", True, 4.0)]) == {
         "chunks": 0, "inference_latency_s": None, "chunk_delay_s": None}
+
+
+def test_policy_topics_follow_the_profile(tmp_path: Path) -> None:
+    assert policy_topics(PROFILE) == PolicyTopics("/vam_policy_node/status",
+                                                  "/vam_policy_node/action_chunk")
+    document = yaml.safe_load(PROFILE.read_text())
+    document["vam_policy_node"]["ros__parameters"].update(
+        status_topic="/arm/policy_status", action_chunk_topic="debug/chunks")
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump(document))
+    assert policy_topics(profile) == PolicyTopics("/arm/policy_status", "/debug/chunks")
 
 
 @pytest.mark.ros

@@ -45,7 +45,7 @@ from vam_msgs.msg import ActionChunk, EpisodeStatus, PolicyStatus
 from vam_msgs.srv import ResetEpisode, SetInstruction
 from vam_policy.ros.image_conversion import image_to_rgb
 from vam_policy.ros.isolation import isolate_this_process, local_ros_env
-from vam_policy.ros.parameters import NODE_NAME
+from vam_policy.ros.parameters import NODE_NAME, SPECS, load_parameters_file
 from vam_policy.ros.sim_parameters import SIM_NODE_NAME, load_sim_settings
 from vam_policy.sim.tasks import TASKS, get_task
 
@@ -56,6 +56,28 @@ _SERVICE_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 10.0
 _MIN_REAL_TIME_FACTOR = 0.25  # slower than this, an episode is given up as stuck
 _PAUSED = 2  # vam_msgs/PolicyStatus STATE_PAUSED
+
+
+@dataclass(frozen=True)
+class PolicyTopics:
+    """Where the policy node of a profile publishes its status and its action chunks."""
+
+    status: str
+    action_chunk: str
+
+
+def policy_topics(profile: str | Path) -> PolicyTopics:
+    """The profile's status_topic and action_chunk_topic (or their defaults), resolved as the
+    node, which runs in the root namespace, resolves them (`~/x` is `/vam_policy_node/x`)."""
+    values = load_parameters_file(profile)
+
+    def resolve(name: str) -> str:
+        topic = str(values.get(name, SPECS[name].default))
+        if topic.startswith("~/"):
+            return f"/{NODE_NAME}/{topic[2:]}"
+        return topic if topic.startswith("/") else f"/{topic}"
+
+    return PolicyTopics(resolve("status_topic"), resolve("action_chunk_topic"))
 
 
 class EvalError(RuntimeError):
@@ -182,7 +204,7 @@ def run_evaluation(options: EvalOptions, log: Callable[[str], None] = print) -> 
         rclpy.init(context=context, domain_id=domain)
         # The rollout video shows the first camera (the sim profile's view of the whole scene).
         camera_topic = load_sim_settings(options.profile).camera_topics[0]
-        loop = _Loop(context, children, camera_topic)
+        loop = _Loop(context, children, camera_topic, policy_topics(options.profile))
         try:
             loop.wait_until_ready(options.startup_timeout_s)
             log(f"vam eval: nodes up after {time.monotonic() - started:.1f} s (ROS domain "
@@ -260,7 +282,8 @@ def _stop(child: _Child) -> int | None:
 class _Loop:
     """This process's side of the loop: service clients and the two nodes' status topics."""
 
-    def __init__(self, context: Context, children: Sequence[_Child], camera_topic: str) -> None:
+    def __init__(self, context: Context, children: Sequence[_Child], camera_topic: str,
+                 policy: PolicyTopics) -> None:
         self._children = children
         self._node = Node("vam_eval", context=context)
         self._lock = threading.Lock()
@@ -269,16 +292,16 @@ class _Loop:
         self._recording = False
         self._frames: list[tuple[float, np.ndarray]] = []
         self._chunks: list[tuple[float, float]] | None = None  # (latency, delay) while running
-        sim, policy = f"/{SIM_NODE_NAME}", f"/{NODE_NAME}"
+        sim = f"/{SIM_NODE_NAME}"
         self._node.create_subscription(EpisodeStatus, f"{sim}/episode", self._on_episode, 10)
-        self._node.create_subscription(PolicyStatus, f"{policy}/status", self._on_policy, 10)
+        self._node.create_subscription(PolicyStatus, policy.status, self._on_policy, 10)
         self._node.create_subscription(Image, camera_topic, self._on_image, 10)
-        self._node.create_subscription(ActionChunk, f"{policy}/action_chunk", self._on_chunk, 10)
+        self._node.create_subscription(ActionChunk, policy.action_chunk, self._on_chunk, 10)
+        node = f"/{NODE_NAME}"
         self._reset = self._node.create_client(ResetEpisode, f"{sim}/reset")
-        self._instruction = self._node.create_client(SetInstruction,
-                                                     f"{policy}/set_instruction")
-        self._pause = self._node.create_client(Trigger, f"{policy}/pause")
-        self._resume = self._node.create_client(Trigger, f"{policy}/resume")
+        self._instruction = self._node.create_client(SetInstruction, f"{node}/set_instruction")
+        self._pause = self._node.create_client(Trigger, f"{node}/pause")
+        self._resume = self._node.create_client(Trigger, f"{node}/resume")
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self._node)
         self._spinner = threading.Thread(target=self._spin, daemon=True)
