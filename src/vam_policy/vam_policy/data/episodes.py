@@ -42,7 +42,11 @@ from vam_policy.data.bag_reader import (
     camera_frame_to_rgb,
 )
 from vam_policy.model.transforms import FrameHistory, reorder_joints
-from vam_policy.ros.parameters import NODE_NAME, load_parameters_file, settings_from_parameters
+from vam_policy.ros.parameters import (
+    load_parameters_file,
+    resolve_topic,
+    settings_from_parameters,
+)
 
 ActionSource = Literal["joint_states", "commands", "auto"]
 InstructionSource = Literal["topic", "file", "flag"]
@@ -51,13 +55,6 @@ INSTRUCTION_FILE = "instruction.txt"
 DEFAULT_FPS = 10.0  # PolicyConfig.fps default: the rate of the video model's frame history
 
 _log = logging.getLogger(__name__)
-
-
-def resolve_topic(name: str, node_name: str = NODE_NAME) -> str:
-    """The absolute name a node topic is recorded under ('~/x' -> '/vam_policy_node/x')."""
-    if name.startswith("~"):
-        return f"/{node_name}{name[1:]}"
-    return name if name.startswith("/") else f"/{name}"
 
 
 @dataclass(frozen=True)

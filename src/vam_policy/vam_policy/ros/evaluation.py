@@ -45,7 +45,13 @@ from vam_msgs.msg import ActionChunk, EpisodeStatus, PolicyStatus
 from vam_msgs.srv import ResetEpisode, SetInstruction
 from vam_policy.ros.image_conversion import image_to_rgb
 from vam_policy.ros.isolation import isolate_this_process, local_ros_env
-from vam_policy.ros.parameters import NODE_NAME, SPECS, load_parameters_file
+from vam_policy.ros.messages import stamp_ns
+from vam_policy.ros.parameters import (
+    NODE_NAME,
+    load_parameters_file,
+    resolve_topic,
+    settings_from_parameters,
+)
 from vam_policy.ros.sim_parameters import SIM_NODE_NAME, load_sim_settings
 from vam_policy.sim.tasks import TASKS, get_task
 
@@ -69,15 +75,9 @@ class PolicyTopics:
 def policy_topics(profile: str | Path) -> PolicyTopics:
     """The profile's status_topic and action_chunk_topic (or their defaults), resolved as the
     node, which runs in the root namespace, resolves them (`~/x` is `/vam_policy_node/x`)."""
-    values = load_parameters_file(profile)
-
-    def resolve(name: str) -> str:
-        topic = str(values.get(name, SPECS[name].default))
-        if topic.startswith("~/"):
-            return f"/{NODE_NAME}/{topic[2:]}"
-        return topic if topic.startswith("/") else f"/{topic}"
-
-    return PolicyTopics(resolve("status_topic"), resolve("action_chunk_topic"))
+    settings = settings_from_parameters(load_parameters_file(profile))
+    return PolicyTopics(resolve_topic(settings.status_topic),
+                        resolve_topic(settings.action_chunk_topic))
 
 
 class EvalError(RuntimeError):
@@ -324,7 +324,7 @@ class _Loop:
             self._policy = msg
 
     def _on_chunk(self, msg: ActionChunk) -> None:
-        delay = _seconds(msg.header.stamp) - _seconds(msg.observation_stamp)
+        delay = (stamp_ns(msg.header.stamp) - stamp_ns(msg.observation_stamp)) * 1e-9
         with self._lock:
             if self._chunks is not None:
                 self._chunks.append((msg.inference_latency_s, delay))
@@ -335,7 +335,7 @@ class _Loop:
                 return
         frame = image_to_rgb(msg)
         with self._lock:
-            self._frames.append((_seconds(msg.header.stamp), frame))
+            self._frames.append((stamp_ns(msg.header.stamp) * 1e-9, frame))
 
     def save_frames(self, path: Path) -> None:
         """Write the frames of the last recorded episode (none received: no file)."""
@@ -454,10 +454,6 @@ def policy_timing(outcomes: Sequence[EpisodeOutcome]) -> dict[str, Any]:
 
     return {"chunks": chunks, "inference_latency_s": mean("inference_latency_s"),
             "chunk_delay_s": mean("chunk_delay_s")}
-
-
-def _seconds(stamp: Any) -> float:
-    return stamp.sec + 1e-9 * stamp.nanosec
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -457,6 +457,14 @@ def validate_runtime_change(settings: NodeSettings, name: str, value: object) ->
     return None
 
 
+def resolve_topic(name: str, node_name: str = NODE_NAME) -> str:
+    """The absolute name of a node's topic, the node in the root namespace ('~/x' ->
+    '/vam_policy_node/x', 'x' -> '/x')."""
+    if name.startswith("~"):
+        return f"/{node_name}{name[1:]}"
+    return name if name.startswith("/") else f"/{name}"
+
+
 def load_parameters_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, object]:
     """The `ros__parameters` of `node_name` in a ROS 2 params file, as a flat dict.
 
